@@ -1,0 +1,81 @@
+# megapairs developer entry points. `make test` sets up everything on a fresh Debian/Ubuntu
+# machine (apt packages, .venv, pip packages) and runs the C tests and pytest.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := libturbojpeg0-dev pkg-config clang libclang-rt-14-dev
+ONEDNN_PIP := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
+
+# Pure C builds (tests/c, asan, fuzz) use the same oneDNN as the extension.
+ONEDNN_ROOT ?= $(abspath $(VENV))
+CC := gcc
+CORE_SRC := $(sort $(shell find csrc -name '*.c' -not -path 'csrc/python/*'))
+CORE_HDR := $(sort $(shell find csrc -name '*.h'))
+C_TESTS := $(sort $(wildcard tests/c/test_*.c))
+C_FLAGS := -std=c11 -g -Wall -Wextra -Werror -fopenmp -Icsrc -Itests/c -I$(ONEDNN_ROOT)/include
+C_LIBS := -L$(ONEDNN_ROOT)/lib -Wl,-rpath,$(ONEDNN_ROOT)/lib -ldnnl -lturbojpeg -lm -fopenmp
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+FUZZ_SECONDS ?= 120
+FUZZ_RUNS ?= 200000
+
+.PHONY: test test-c test-py asan fuzz bench build system-deps clean
+
+test: test-c test-py
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The venv, build requirements and test extras; redone when the package metadata changes.
+$(VENV)/.installed: pyproject.toml setup.py | system-deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "setuptools>=77" "numpy>=2" wheel $(ONEDNN_PIP)
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+# Rebuilds the extension in place when a C source or header changed.
+build: $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+test-py: build
+	$(PY) -m pytest
+
+build/c/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) tests/c/check.h | $(VENV)/.installed
+	@mkdir -p $(@D)
+	$(CC) -O2 $(C_FLAGS) $< $(CORE_SRC) -o $@ $(C_LIBS)
+
+build/asan/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) tests/c/check.h | $(VENV)/.installed
+	@mkdir -p $(@D)
+	$(CC) -O1 $(ASAN_FLAGS) $(C_FLAGS) $< $(CORE_SRC) -o $@ $(C_LIBS)
+
+# Pure C tests: no Python involved.
+test-c: $(C_TESTS:tests/c/%.c=build/c/%)
+	@for t in $^; do echo "== $$t"; (cd tests/c && ../../$$t); done
+
+# The C tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+asan: $(C_TESTS:tests/c/%.c=build/asan/%)
+	@for t in $^; do echo "== $$t"; (cd tests/c && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ../../$$t); done
+
+# libFuzzer on the safetensors header parser, seeded with tests/fuzz/corpus.
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c csrc/weights/safetensors.c csrc/core/dtype.c csrc/core/status.c $(CORE_HDR) | system-deps
+	@mkdir -p $(@D)
+	clang -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -Icsrc $(filter %.c,$^) -o $@
+
+fuzz: build/fuzz/fuzz_safetensors
+	@mkdir -p build/fuzz/corpus
+	$< -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus/safetensors
+
+bench: build
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf build megapairs/_core*.so

@@ -1,0 +1,162 @@
+#include "core/onednn.h"
+
+#include <stdlib.h>
+#include <threads.h>
+
+#include "core/dtype.h"
+#include "oneapi/dnnl/dnnl.h"
+
+/* The engine is shared. Streams and scratchpads are made per call (both are cheap on the
+ * CPU), so two threads may run primitives at once: oneDNN's default library-owned
+ * scratchpad is not safe for concurrent execution of one primitive. */
+static once_flag engine_once = ONCE_FLAG_INIT;
+static dnnl_engine_t engine;
+static dnnl_status_t engine_status = dnnl_runtime_error;
+
+static void engine_create(void) { engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0); }
+
+static enum mp_status engine_get(void) {
+    call_once(&engine_once, engine_create);
+    if (engine_status != dnnl_success)
+        return mp_error(MP_STATUS_BACKEND, "oneDNN cannot create a CPU engine (dnnl_status %d)", (int)engine_status);
+    return MP_STATUS_OK;
+}
+
+static const char *runtime_name(unsigned runtime) {
+    switch (runtime) {
+    case DNNL_RUNTIME_OMP: return "OpenMP";
+    case DNNL_RUNTIME_TBB: return "TBB";
+    case DNNL_RUNTIME_SEQ: return "sequential";
+    case DNNL_RUNTIME_THREADPOOL: return "threadpool";
+    case DNNL_RUNTIME_SYCL: return "SYCL";
+    default: return "unknown";
+    }
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa) {
+    switch (isa) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx2_vnni_2: return "avx2_vnni_2";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_fp16: return "avx512_core_fp16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "other";
+    }
+}
+
+enum mp_status mp_onednn_info(struct mp_onednn_info *info) {
+    if (!info) return mp_error(MP_STATUS_INVALID_ARGUMENT, "onednn_info: info is NULL");
+    enum mp_status status = engine_get();
+    if (status != MP_STATUS_OK) return status;
+    const dnnl_version_t *v = dnnl_version();
+    info->version_major = v->major;
+    info->version_minor = v->minor;
+    info->version_patch = v->patch;
+    info->version_hash = v->hash;
+    info->cpu_runtime = runtime_name(v->cpu_runtime);
+    info->cpu_isa = isa_name(dnnl_get_effective_cpu_isa());
+    return MP_STATUS_OK;
+}
+
+static enum mp_status backend_error(const char *what, dnnl_status_t s) {
+    return mp_error(MP_STATUS_BACKEND, "oneDNN %s failed (dnnl_status %d)", what, (int)s);
+}
+
+// Rounds n f32 values to bf16 into a fresh buffer; NULL when out of memory.
+static uint16_t *bf16_copy(const float *x, int64_t n) {
+    uint16_t *y = malloc((size_t)(n > 0 ? n : 1) * sizeof *y);
+    if (y) mp_dtype_convert(y, MP_DTYPE_BF16, x, MP_DTYPE_F32, n);
+    return y;
+}
+
+enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
+                            enum mp_precision precision) {
+    if (M < 0 || N < 0 || K < 0)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size M=%lld N=%lld K=%lld", (long long)M,
+                        (long long)N, (long long)K);
+    if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: unknown precision %d", (int)precision);
+    if (M == 0 || N == 0) return MP_STATUS_OK;
+    if (K == 0) { // oneDNN rejects zero-sized reductions; the empty sum is zero
+        for (int64_t i = 0; i < M * N; i++) out[i] = 0.0f;
+        return MP_STATUS_OK;
+    }
+    enum mp_status status = engine_get();
+    if (status != MP_STATUS_OK) return status;
+
+    dnnl_data_type_t in_type = precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    const void *a_data = a, *b_data = b;
+    uint16_t *a_bf16 = NULL, *b_bf16 = NULL;
+    if (precision == MP_PRECISION_BF16) {
+        a_data = a_bf16 = bf16_copy(a, M * K);
+        b_data = b_bf16 = bf16_copy(b, N * K);
+        if (!a_bf16 || !b_bf16) {
+            free(a_bf16);
+            free(b_bf16);
+            return mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: cannot allocate bf16 copies of %lld x %lld inputs",
+                            (long long)(M + N), (long long)K);
+        }
+    }
+
+    dnnl_memory_desc_t a_md = NULL, b_md = NULL, out_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_stream_t stream = NULL;
+    void *scratch = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t a_mem = NULL, b_mem = NULL, out_mem = NULL, scratch_mem = NULL;
+    dnnl_status_t s;
+    const char *what = "memory descriptor";
+    dnnl_dims_t a_dims = {M, K}, b_dims = {K, N}, out_dims = {M, N};
+    dnnl_dims_t b_strides = {1, K}; // b is (N, K) row-major, seen as its (K, N) transpose
+    if ((s = dnnl_memory_desc_create_with_tag(&a_md, 2, a_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&b_md, 2, b_dims, in_type, b_strides)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&out_md, 2, out_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    what = "matmul primitive creation";
+    if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
+    if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
+    if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, a_md, b_md, NULL, out_md, attr)) != dnnl_success) goto done;
+    if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
+    what = "memory creation";
+    const_dnnl_memory_desc_t scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
+    if (scratch_bytes > 0 && !(scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64))) {
+        s = dnnl_out_of_memory;
+        goto done;
+    }
+    if ((s = dnnl_memory_create(&scratch_mem, scratch_md, engine, scratch)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&a_mem, a_md, engine, (void *)a_data)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&b_mem, b_md, engine, (void *)b_data)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&out_mem, out_md, engine, out)) != dnnl_success) goto done;
+    what = "matmul execution";
+    if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+    dnnl_exec_arg_t args[4] = {
+        {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, out_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}};
+    if ((s = dnnl_primitive_execute(prim, stream, 4, args)) != dnnl_success) goto done;
+    s = dnnl_stream_wait(stream);
+
+done:
+    dnnl_stream_destroy(stream);
+    dnnl_memory_destroy(scratch_mem);
+    dnnl_memory_destroy(out_mem);
+    dnnl_memory_destroy(b_mem);
+    dnnl_memory_destroy(a_mem);
+    dnnl_primitive_destroy(prim);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_memory_desc_destroy(out_md);
+    dnnl_memory_desc_destroy(b_md);
+    dnnl_memory_desc_destroy(a_md);
+    free(scratch);
+    free(a_bf16);
+    free(b_bf16);
+    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: %s ran out of memory", what)
+           : s == dnnl_success     ? MP_STATUS_OK
+                                   : backend_error(what, s);
+}

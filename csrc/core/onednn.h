@@ -1,0 +1,41 @@
+/* core/onednn.h: the one door to oneDNN. Every oneDNN call in megapairs lives in
+ * core/onednn.c, so the oneDNN build (see docs/architecture.md) can change in one place.
+ *
+ * The CPU engine and stream are created once, on first use, and shared. oneDNN keeps a
+ * process-wide primitive cache, so calling the same operation with the same shapes again
+ * reuses the compiled kernel. */
+#ifndef MP_CORE_ONEDNN_H
+#define MP_CORE_ONEDNN_H
+
+#include <stdint.h>
+
+#include "core/status.h"
+
+enum mp_precision {
+    MP_PRECISION_FP32 = 0, // f32 in, f32 accumulate, f32 out
+    MP_PRECISION_BF16,     // inputs rounded to bf16 (AMX / AVX512-BF16), f32 accumulate and out
+};
+
+struct mp_onednn_info {
+    int version_major, version_minor, version_patch;
+    const char *version_hash;
+    const char *cpu_runtime; // "OpenMP", "TBB", "SYCL", "threadpool", "sequential"
+    const char *cpu_isa;     // the instruction set oneDNN dispatches to, e.g. "avx512_core_amx"
+};
+
+// Fills `info`; creating the engine on first use. Returns MP_STATUS_BACKEND if oneDNN
+// cannot create a CPU engine.
+enum mp_status mp_onednn_info(struct mp_onednn_info *info);
+
+// out = a @ b^T: the row-by-row inner products used by kNN scoring and linear layers.
+// Returns MP_STATUS_INVALID_ARGUMENT for negative sizes, MP_STATUS_OUT_OF_MEMORY when the
+// bf16 copies cannot be allocated, MP_STATUS_BACKEND when oneDNN fails.
+enum mp_status mp_matmul_nt(float            *out, // (M, N)
+                            const float      *a,   // (M, K)
+                            const float      *b,   // (N, K)
+                            int64_t           M,
+                            int64_t           N,
+                            int64_t           K,
+                            enum mp_precision precision);
+
+#endif

@@ -1,0 +1,450 @@
+/* python/module.c: megapairs._core, the only file that includes Python or NumPy headers.
+ *
+ * Every function has one shape: parse arguments, convert arrays, allocate outputs,
+ * release the GIL around exactly one core call, map its status, clean up at `done:`.
+ * No algorithm lives here; C checks memory (dtype, rank, contiguity, shapes) and the
+ * Python layer checks meaning. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include "megapairs.h"
+
+static PyObject *MpError;       // megapairs.Error(RuntimeError)
+static PyObject *MpFormatError; // megapairs.FormatError(Error, ValueError)
+
+/* ---------------------------------------------------------------- helpers */
+
+// Sets the Python exception for `status`, with mp_last_error() as its text; returns NULL.
+static PyObject *raise_status(enum mp_status status) {
+    const char *message = mp_last_error();
+    if (!message[0]) message = mp_status_str(status);
+    switch (status) {
+    case MP_STATUS_INVALID_ARGUMENT: PyErr_SetString(PyExc_ValueError, message); break;
+    case MP_STATUS_OUT_OF_MEMORY: PyErr_SetString(PyExc_MemoryError, message); break;
+    case MP_STATUS_IO: PyErr_SetString(PyExc_OSError, message); break;
+    case MP_STATUS_BAD_FORMAT: PyErr_SetString(MpFormatError, message); break;
+    default: PyErr_SetString(MpError, message); break;
+    }
+    return NULL;
+}
+
+// New reference to an aligned, C-contiguous float32 array of rank `ndim` made from `obj`
+// (zero-copy when it already is one), or NULL with TypeError/ValueError set.
+static PyArrayObject *as_f32_array(PyObject *obj, int ndim, const char *name) {
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr) return NULL;
+    char kind = PyArray_DESCR(arr)->kind;
+    if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') {
+        PyErr_Format(PyExc_TypeError, "%s must be a real numeric array, got dtype %R", name, PyArray_DESCR(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    if (PyArray_NDIM(arr) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %d-D array, got %d-D", name, ndim, PyArray_NDIM(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    PyArrayObject *f32 = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)arr, NPY_FLOAT32,
+                                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(arr);
+    return f32;
+}
+
+// New reference to `out` after checking it can receive a (rows, cols) float32 result,
+// a fresh array when out is None, or NULL with an exception set.
+static PyArrayObject *output_f32(PyObject *out, npy_intp rows, npy_intp cols, const char *name) {
+    npy_intp dims[2] = {rows, cols};
+    if (!out || out == Py_None) return (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
+    if (!PyArray_Check(out)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray, got %s", name, Py_TYPE(out)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)out;
+    if (PyArray_TYPE(arr) != NPY_FLOAT32 || PyArray_NDIM(arr) != 2 || PyArray_DIM(arr, 0) != rows ||
+        PyArray_DIM(arr, 1) != cols || !PyArray_ISCARRAY(arr)) {
+        PyObject *shape = PyObject_GetAttrString(out, "shape");
+        if (shape)
+            PyErr_Format(PyExc_ValueError,
+                         "%s must be a writeable C-contiguous float32 array of shape (%zd, %zd), got %R of shape %R",
+                         name, (Py_ssize_t)rows, (Py_ssize_t)cols, PyArray_DESCR(arr), shape);
+        Py_XDECREF(shape);
+        return NULL;
+    }
+    Py_INCREF(arr);
+    return arr;
+}
+
+static int check_threads(int num_threads) {
+    if (num_threads >= 0) return 0;
+    PyErr_Format(PyExc_ValueError, "num_threads must be >= 0 (0 means the default), got %d", num_threads);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- threads, build info */
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 1 << 16)
+        return PyErr_Format(PyExc_ValueError, "num_threads must be in [0, 65536] (0 restores the default), got %ld", n);
+    mp_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    return PyLong_FromLong(mp_get_num_threads());
+}
+
+static PyObject *py_onednn_info(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    struct mp_onednn_info info;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_onednn_info(&info);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) return raise_status(status);
+    return Py_BuildValue("{s:(iii),s:s,s:s,s:s}", "version", info.version_major, info.version_minor,
+                         info.version_patch, "hash", info.version_hash, "cpu_runtime", info.cpu_runtime, "cpu_isa",
+                         info.cpu_isa);
+}
+
+static PyObject *py_jpeg_version(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    return PyUnicode_FromString(mp_jpeg_library_version());
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+static PyObject *py_matmul_nt(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"a", "b", "precision", "out", "num_threads", NULL};
+    PyObject *a_obj, *b_obj, *out_obj = NULL, *result = NULL;
+    const char *precision_name = "fp32";
+    int num_threads = 0;
+    PyArrayObject *a = NULL, *b = NULL, *out = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|$sOi:matmul_nt", kwlist, &a_obj, &b_obj, &precision_name,
+                                     &out_obj, &num_threads))
+        return NULL;
+    enum mp_precision precision;
+    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
+    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
+    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (check_threads(num_threads)) return NULL;
+    if (!(a = as_f32_array(a_obj, 2, "a")) || !(b = as_f32_array(b_obj, 2, "b"))) goto done;
+    npy_intp M = PyArray_DIM(a, 0), K = PyArray_DIM(a, 1), N = PyArray_DIM(b, 0);
+    if (PyArray_DIM(b, 1) != K) {
+        PyErr_Format(PyExc_ValueError, "a and b must have the same number of columns, got a (%zd, %zd) and b (%zd, %zd)",
+                     (Py_ssize_t)M, (Py_ssize_t)K, (Py_ssize_t)N, (Py_ssize_t)PyArray_DIM(b, 1));
+        goto done;
+    }
+    if (!(out = output_f32(out_obj, M, N, "out"))) goto done;
+    enum mp_status status;
+    float *out_data = PyArray_DATA(out);
+    const float *a_data = PyArray_DATA(a), *b_data = PyArray_DATA(b);
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_matmul_nt(out_data, a_data, b_data, M, N, K, precision);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    result = (PyObject *)out;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return result;
+}
+
+/* ---------------------------------------------------------------- JPEG header */
+
+static PyObject *py_jpeg_read_header(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "y*:jpeg_read_header", &data)) return NULL;
+    struct mp_jpeg_header header;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_jpeg_read_header(&header, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (status != MP_STATUS_OK) return raise_status(status);
+    return Py_BuildValue("{s:L,s:L,s:i,s:O}", "height", (long long)header.height, "width", (long long)header.width,
+                         "components", header.components, "progressive", header.progressive ? Py_True : Py_False);
+}
+
+/* ---------------------------------------------------------------- safetensors reader
+ * Arrays returned by get() view the mapping and hold a reference to the reader, so the
+ * mapping is released only when the reader and every view of it are gone. close() stops
+ * further reads; it cannot pull memory from under a live view. */
+
+typedef struct {
+    PyObject_HEAD
+    struct mp_safetensors *st;
+    int closed;
+} SafetensorsReader;
+
+static int numpy_type(enum mp_dtype dtype) {
+    switch (dtype) {
+    case MP_DTYPE_F32: return NPY_FLOAT32;
+    case MP_DTYPE_F16: return NPY_FLOAT16;
+    case MP_DTYPE_F64: return NPY_FLOAT64;
+    case MP_DTYPE_BOOL: return NPY_BOOL;
+    case MP_DTYPE_U8: return NPY_UINT8;
+    case MP_DTYPE_I8: return NPY_INT8;
+    case MP_DTYPE_U16: return NPY_UINT16;
+    case MP_DTYPE_I16: return NPY_INT16;
+    case MP_DTYPE_U32: return NPY_UINT32;
+    case MP_DTYPE_I32: return NPY_INT32;
+    case MP_DTYPE_U64: return NPY_UINT64;
+    case MP_DTYPE_I64: return NPY_INT64;
+    default: return -1; // BF16: no NumPy type
+    }
+}
+
+static int reader_init(SafetensorsReader *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"path", NULL};
+    PyObject *path_bytes = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:SafetensorsReader", kwlist, PyUnicode_FSConverter, &path_bytes))
+        return -1;
+    if (self->st) { // __init__ called twice
+        mp_safetensors_close(self->st);
+        self->st = NULL;
+    }
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    struct mp_safetensors *st = NULL;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_safetensors_open(&st, path);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        return -1;
+    }
+    self->st = st;
+    self->closed = 0;
+    return 0;
+}
+
+static void reader_dealloc(SafetensorsReader *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    mp_safetensors_close(self->st);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+static int reader_check_open(SafetensorsReader *self) {
+    if (self->st && !self->closed) return 0;
+    PyErr_SetString(PyExc_ValueError, "I/O operation on a closed safetensors file");
+    return -1;
+}
+
+static const struct mp_tensor *reader_find(SafetensorsReader *self, PyObject *name_obj) {
+    if (reader_check_open(self)) return NULL;
+    const char *name = PyUnicode_AsUTF8(name_obj);
+    if (!name) return NULL;
+    const struct mp_tensor *t = mp_safetensors_find(self->st, name);
+    if (!t) PyErr_Format(PyExc_KeyError, "no tensor named %R in this file", name_obj);
+    return t;
+}
+
+static PyObject *reader_keys(SafetensorsReader *self, PyObject *unused) {
+    (void)unused;
+    if (reader_check_open(self)) return NULL;
+    int64_t n = mp_safetensors_count(self->st);
+    PyObject *keys = PyList_New((Py_ssize_t)n);
+    for (int64_t i = 0; keys && i < n; i++) {
+        PyObject *key = PyUnicode_FromString(mp_safetensors_tensor(self->st, i)->name);
+        if (!key) Py_CLEAR(keys);
+        else PyList_SET_ITEM(keys, (Py_ssize_t)i, key);
+    }
+    return keys;
+}
+
+static PyObject *reader_metadata(SafetensorsReader *self, PyObject *unused) {
+    (void)unused;
+    if (reader_check_open(self)) return NULL;
+    PyObject *meta = PyDict_New();
+    for (int64_t i = 0; meta && i < mp_safetensors_metadata_count(self->st); i++) {
+        const char *key, *value;
+        mp_safetensors_metadata(self->st, i, &key, &value);
+        PyObject *v = PyUnicode_FromString(value);
+        if (!v || PyDict_SetItemString(meta, key, v) != 0) Py_CLEAR(meta);
+        Py_XDECREF(v);
+    }
+    return meta;
+}
+
+static PyObject *shape_tuple(const struct mp_tensor *t) {
+    PyObject *shape = PyTuple_New(t->ndim);
+    for (int d = 0; shape && d < t->ndim; d++) {
+        PyObject *dim = PyLong_FromLongLong(t->shape[d]);
+        if (!dim) Py_CLEAR(shape);
+        else PyTuple_SET_ITEM(shape, d, dim);
+    }
+    return shape;
+}
+
+// info(name) -> (dtype name, shape, file offset, nbytes)
+static PyObject *reader_info(SafetensorsReader *self, PyObject *name) {
+    const struct mp_tensor *t = reader_find(self, name);
+    if (!t) return NULL;
+    PyObject *shape = shape_tuple(t);
+    if (!shape) return NULL;
+    return Py_BuildValue("(sNKK)", mp_dtype_name(t->dtype), shape, (unsigned long long)t->offset,
+                         (unsigned long long)t->nbytes);
+}
+
+// get(name, dtype=None, num_threads=0): dtype None (as stored; BF16 widened to float32),
+// "float32", or "bfloat16" (uint16 bit patterns).
+static PyObject *reader_get(SafetensorsReader *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"name", "dtype", "num_threads", NULL};
+    PyObject *name;
+    const char *want = NULL;
+    int num_threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|z$i:get", kwlist, &name, &want, &num_threads)) return NULL;
+    if (check_threads(num_threads)) return NULL;
+    const struct mp_tensor *t = reader_find(self, name);
+    if (!t) return NULL;
+
+    enum mp_dtype target;
+    if (!want) target = t->dtype == MP_DTYPE_BF16 ? MP_DTYPE_F32 : t->dtype;
+    else if (strcmp(want, "float32") == 0) target = MP_DTYPE_F32;
+    else if (strcmp(want, "bfloat16") == 0) target = MP_DTYPE_BF16;
+    else return PyErr_Format(PyExc_ValueError, "dtype must be None, 'float32' or 'bfloat16', got '%s'", want);
+
+    npy_intp dims[MP_TENSOR_MAX_DIMS];
+    for (int d = 0; d < t->ndim; d++) dims[d] = (npy_intp)t->shape[d];
+    if (target == t->dtype && target != MP_DTYPE_BF16) { // zero-copy, read-only view of the mapping
+        PyArray_Descr *descr = PyArray_DescrFromType(numpy_type(target));
+        PyObject *view = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL, (void *)t->data,
+                                              NPY_ARRAY_C_CONTIGUOUS, NULL);
+        if (!view) return NULL;
+        Py_INCREF(self);
+        if (PyArray_SetBaseObject((PyArrayObject *)view, (PyObject *)self) != 0) {
+            Py_DECREF(view);
+            return NULL;
+        }
+        return view;
+    }
+    PyObject *out = PyArray_EMPTY(t->ndim, dims, target == MP_DTYPE_BF16 ? NPY_UINT16 : numpy_type(target), 0);
+    if (!out) return NULL;
+    void *out_data = PyArray_DATA((PyArrayObject *)out);
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_tensor_read(out_data, target, t);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        Py_DECREF(out);
+        return raise_status(status);
+    }
+    return out;
+}
+
+static PyObject *reader_close(SafetensorsReader *self, PyObject *unused) {
+    (void)unused;
+    self->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *reader_get_closed(SafetensorsReader *self, void *unused) {
+    (void)unused;
+    return PyBool_FromLong(self->closed || !self->st);
+}
+
+static PyMethodDef reader_methods[] = {
+    {"keys", (PyCFunction)reader_keys, METH_NOARGS, "keys() -> list[str]: tensor names in sorted order."},
+    {"metadata", (PyCFunction)reader_metadata, METH_NOARGS, "metadata() -> dict[str, str]: the __metadata__ entries."},
+    {"info", (PyCFunction)reader_info, METH_O, "info(name) -> (dtype, shape, offset, nbytes)."},
+    {"get", (PyCFunction)(void (*)(void))reader_get, METH_VARARGS | METH_KEYWORDS,
+     "get(name, dtype=None, *, num_threads=0) -> numpy.ndarray."},
+    {"close", (PyCFunction)reader_close, METH_NOARGS, "close(): no further reads."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef reader_getset[] = {
+    {"closed", (getter)reader_get_closed, NULL, "True once close() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot reader_slots[] = {
+    {Py_tp_doc, "SafetensorsReader(path): a memory-mapped, validated .safetensors file."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, reader_init},
+    {Py_tp_dealloc, reader_dealloc},
+    {Py_tp_methods, reader_methods},
+    {Py_tp_getset, reader_getset},
+    {0, NULL},
+};
+
+static PyType_Spec reader_spec = {
+    .name = "megapairs._core.SafetensorsReader",
+    .basicsize = sizeof(SafetensorsReader),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = reader_slots,
+};
+
+/* ---------------------------------------------------------------- module */
+
+static PyMethodDef core_methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): default thread count, 0 for OpenMP's."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int."},
+    {"onednn_info", py_onednn_info, METH_NOARGS, "onednn_info() -> dict: version, runtime and dispatched ISA."},
+    {"jpeg_version", py_jpeg_version, METH_NOARGS, "jpeg_version() -> str: libjpeg-turbo version built against."},
+    {"jpeg_read_header", py_jpeg_read_header, METH_VARARGS, "jpeg_read_header(data) -> dict."},
+    {"matmul_nt", (PyCFunction)(void (*)(void))py_matmul_nt, METH_VARARGS | METH_KEYWORDS,
+     "matmul_nt(a, b, *, precision='fp32', out=None, num_threads=0) -> a @ b.T as float32."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int core_exec(PyObject *module) {
+    import_array1(-1);
+    MpError = PyErr_NewExceptionWithDoc("megapairs.Error", "Base class of errors raised by megapairs.",
+                                        PyExc_RuntimeError, NULL);
+    if (!MpError) return -1;
+    PyObject *bases = PyTuple_Pack(2, MpError, PyExc_ValueError);
+    if (!bases) return -1;
+    MpFormatError = PyErr_NewExceptionWithDoc("megapairs.FormatError",
+                                              "Malformed input bytes: a weight file, an image, a vocabulary.", bases, NULL);
+    Py_DECREF(bases);
+    if (!MpFormatError) return -1;
+    PyObject *reader_type = PyType_FromSpec(&reader_spec);
+    if (!reader_type) return -1;
+    if (PyModule_AddObjectRef(module, "Error", MpError) < 0 ||
+        PyModule_AddObjectRef(module, "FormatError", MpFormatError) < 0 ||
+        PyModule_AddObject(module, "SafetensorsReader", reader_type) < 0) {
+        Py_DECREF(reader_type);
+        return -1;
+    }
+    mp_get_num_threads(); // pin OpenMP's default before any thread changes its own count
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#ifdef Py_GIL_DISABLED
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "megapairs._core",
+    .m_doc = "The C core of megapairs. Private: use the megapairs package.",
+    .m_size = 0,
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_module); }

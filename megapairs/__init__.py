@@ -1,0 +1,30 @@
+"""megapairs: MegaPairs-style multimodal retrieval data synthesis, training and evaluation.
+
+The heavy lifting is a C core (oneDNN, OpenMP, libjpeg-turbo); this package is the thin,
+documented layer over it. Arrays in, arrays out.
+
+>>> import megapairs as mp
+>>> weights = mp.weights.load_safetensors("model.safetensors")   # doctest: +SKIP
+>>> mp.show_config()                                              # doctest: +SKIP
+"""
+
+from ._loader import load_core as _load_core
+
+_core = _load_core()
+
+from . import weights  # noqa: E402
+from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
+from ._version import __version__  # noqa: E402
+
+Error = _core.Error
+FormatError = _core.FormatError
+
+__all__ = [
+    "Error",
+    "FormatError",
+    "__version__",
+    "get_num_threads",
+    "set_num_threads",
+    "show_config",
+    "weights",
+]
