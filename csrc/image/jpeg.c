@@ -38,6 +38,9 @@ enum mp_status mp_jpeg_read_header(struct mp_jpeg_header *header, const uint8_t 
     enum mp_status status = MP_STATUS_OK;
     if (tjDecompressHeader3(tj, bytes, (unsigned long)size, &width, &height, &subsamp, &colorspace) != 0) {
         status = mp_error(MP_STATUS_BAD_FORMAT, "cannot read JPEG header: %s", tjGetErrorStr2(tj));
+    } else if (width <= 0 || height <= 0) {
+        // TurboJPEG 2.1 reports success with a 0 x 0 size when the data ends before the frame header
+        status = mp_error(MP_STATUS_BAD_FORMAT, "cannot read JPEG header: the data ends before the frame header");
     } else {
         header->width = width;
         header->height = height;

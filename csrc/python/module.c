@@ -394,6 +394,18 @@ static PyType_Spec reader_spec = {
     .slots = reader_slots,
 };
 
+// Raises what a core call failing with `status` and `message` raises; lets the tests check
+// the one status-to-exception mapping for statuses no safe input can provoke.
+static PyObject *py_raise_status_for_testing(PyObject *self, PyObject *args) {
+    (void)self;
+    int status;
+    const char *message;
+    if (!PyArg_ParseTuple(args, "is:_raise_status_for_testing", &status, &message)) return NULL;
+    if (status <= MP_STATUS_OK || status > MP_STATUS_BACKEND)
+        return PyErr_Format(PyExc_ValueError, "status must be a failing mp_status, got %d", status);
+    return raise_status(mp_error((enum mp_status)status, "%s", message));
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef core_methods[] = {
@@ -404,6 +416,7 @@ static PyMethodDef core_methods[] = {
     {"jpeg_read_header", py_jpeg_read_header, METH_VARARGS, "jpeg_read_header(data) -> dict."},
     {"matmul_nt", (PyCFunction)(void (*)(void))py_matmul_nt, METH_VARARGS | METH_KEYWORDS,
      "matmul_nt(a, b, *, precision='fp32', out=None, num_threads=0) -> a @ b.T as float32."},
+    {"_raise_status_for_testing", py_raise_status_for_testing, METH_VARARGS, "Test hook: raise for a status."},
     {NULL, NULL, 0, NULL},
 };
 
