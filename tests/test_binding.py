@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import megapairs as mp
 from megapairs import _core
@@ -90,7 +91,6 @@ def test_shapes_against_numpy(m, n, k):
 
 
 def test_bf16_precision_matches_bf16_rounded_reference():
-    torch = pytest.importorskip("torch")
     a = rng.standard_normal((64, 96)).astype(np.float32)
     b = rng.standard_normal((48, 96)).astype(np.float32)
     a16 = torch.from_numpy(a).bfloat16().double().numpy()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import megapairs as mp
 from megapairs import _core
@@ -57,7 +58,6 @@ def test_bf16_matmul_dispatches_to_amx_when_the_cpu_has_it():
 
 
 def test_jpeg_header_matches_pillow():
-    Image = pytest.importorskip("PIL.Image")
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (37, 61, 3), dtype=np.uint8)
     cases = [("RGB", {}, 3, False), ("L", {}, 1, False), ("CMYK", {}, 4, False), ("RGB", {"progressive": True}, 3, True)]

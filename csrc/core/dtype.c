@@ -66,30 +66,42 @@ uint16_t mp_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-// Loads element i of a possibly unaligned float array as f32.
-static float load_f32(const unsigned char *src, enum mp_dtype dtype, int64_t i) {
-    switch (dtype) {
-    case MP_DTYPE_F32: {
-        float v;
-        memcpy(&v, src + 4 * i, 4);
-        return v;
-    }
-    case MP_DTYPE_F16: {
+// One loop per source dtype, so that each compiles to a vectorised loop (memcpy loads
+// allow any alignment, which safetensors data does not guarantee).
+static void widen_f16(float *out, const unsigned char *in, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
         uint16_t v;
-        memcpy(&v, src + 2 * i, 2);
-        return mp_f16_to_f32(v);
+        memcpy(&v, in + 2 * i, 2);
+        out[i] = mp_f16_to_f32(v);
     }
-    case MP_DTYPE_BF16: {
+}
+
+static void widen_bf16(float *out, const unsigned char *in, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
         uint16_t v;
-        memcpy(&v, src + 2 * i, 2);
-        return mp_bf16_to_f32(v);
+        memcpy(&v, in + 2 * i, 2);
+        out[i] = mp_bf16_to_f32(v);
     }
-    case MP_DTYPE_F64: {
+}
+
+static void narrow_f64(float *out, const unsigned char *in, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
         double v;
-        memcpy(&v, src + 8 * i, 8);
-        return (float)v;
+        memcpy(&v, in + 8 * i, 8);
+        out[i] = (float)v;
     }
-    default: return 0.0f; // unreachable: callers check the dtype first
+}
+
+static void to_f32(float *out, const unsigned char *in, enum mp_dtype dtype, int64_t n) {
+    switch (dtype) {
+    case MP_DTYPE_F32: memcpy(out, in, (size_t)n * 4); break;
+    case MP_DTYPE_F16: widen_f16(out, in, n); break;
+    case MP_DTYPE_BF16: widen_bf16(out, in, n); break;
+    case MP_DTYPE_F64: narrow_f64(out, in, n); break;
+    default: break; // unreachable: callers check the dtype first
     }
 }
 
@@ -106,15 +118,28 @@ enum mp_status mp_dtype_convert(void *dst, enum mp_dtype dst_dtype, const void *
                         mp_dtype_name(dst_dtype));
     const unsigned char *in = src;
     if (dst_dtype == MP_DTYPE_F32) {
-        float *out = dst;
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t i = 0; i < n; i++) out[i] = load_f32(in, src_dtype, i);
+        to_f32(dst, in, src_dtype, n);
     } else if (src_dtype == MP_DTYPE_BF16) {
         memcpy(dst, src, (size_t)n * 2);
-    } else {
+    } else if (src_dtype == MP_DTYPE_F32) {
         uint16_t *out = dst;
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t i = 0; i < n; i++) out[i] = mp_f32_to_bf16(load_f32(in, src_dtype, i));
+        for (int64_t i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, in + 4 * i, 4);
+            out[i] = mp_f32_to_bf16(v);
+        }
+    } else { // F16 and F64 to bf16 go through f32 in blocks, as torch's conversions do
+        uint16_t *out = dst;
+        enum { BLOCK = 4096 };
+        size_t item = mp_dtype_size(src_dtype);
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t b = 0; b < n; b += BLOCK) {
+            float wide[BLOCK];
+            int64_t len = n - b < BLOCK ? n - b : BLOCK;
+            to_f32(wide, in + (size_t)b * item, src_dtype, len);
+            for (int64_t i = 0; i < len; i++) out[b + i] = mp_f32_to_bf16(wide[i]);
+        }
     }
     return MP_STATUS_OK;
 }
