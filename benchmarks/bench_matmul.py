@@ -6,26 +6,15 @@ of pre-converted tensors (its own conversion cost excluded, ours included).
 Run: make bench   or   .venv/bin/python benchmarks/bench_matmul.py
 """
 
-import statistics
-import time
-
 import numpy as np
 import torch
 
 import megapairs as mp
 from megapairs import _core
 
+from _timing import median_time
+
 SHAPES = [(3152, 768, 768), (3152, 768, 3072), (4096, 768, 4096)]  # (M, K, N): ViT-B/16 batch 16; kNN block
-
-
-def timeit(fn, repeats=7):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
@@ -44,11 +33,11 @@ def main():
         ta16, tb16 = ta.bfloat16(), tb.bfloat16()
         flop = 2.0 * m * k * n
         t = {
-            "numpy": timeit(lambda: np.matmul(a, b.T, out=out)),
-            "torch": timeit(lambda: torch.mm(ta, tb.T)),
-            "mp": timeit(lambda: _core.matmul_nt(a, b, out=out)),
-            "torch16": timeit(lambda: torch.mm(ta16, tb16.T)),
-            "mp16": timeit(lambda: _core.matmul_nt(a, b, out=out, precision="bf16")),
+            "numpy": median_time(lambda: np.matmul(a, b.T, out=out)),
+            "torch": median_time(lambda: torch.mm(ta, tb.T)),
+            "mp": median_time(lambda: _core.matmul_nt(a, b, out=out)),
+            "torch16": median_time(lambda: torch.mm(ta16, tb16.T)),
+            "mp16": median_time(lambda: _core.matmul_nt(a, b, out=out, precision="bf16")),
         }
         gf = {key: flop / v / 1e9 for key, v in t.items()}
         print(f"{f'{m}x{k}x{n}':<18}" + "".join(f"{gf[key]:>8.0f} GF/s" for key in t)

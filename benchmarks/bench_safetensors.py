@@ -14,9 +14,7 @@ Run: make bench   or   .venv/bin/python benchmarks/bench_safetensors.py [--repea
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ import torch
 
 import megapairs as mp
 from megapairs.weights import SafetensorsFile, load_safetensors
+
+from _timing import median_time
 
 
 def vit_b16_state(dtype):
@@ -44,15 +44,6 @@ def vit_b16_state(dtype):
             shapes[p + f"{ln}.weight"], shapes[p + f"{ln}.bias"] = (d,), (d,)
     gen = torch.Generator().manual_seed(0)
     return {name: torch.randn(shape, generator=gen).to(dtype) for name, shape in shapes.items()}
-
-
-def timeit(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peer_open(path):
@@ -94,13 +85,13 @@ def main():
         mb = f32.stat().st_size / 1e6
         for fn in (peer_widen, ours_widen):  # warm the page cache and both code paths
             fn(bf16)
-        rows.append(("open+index (F32)", timeit(lambda: peer_open(f32), args.repeats),
-                     timeit(lambda: ours_open(f32), args.repeats)))
+        rows.append(("open+index (F32)", median_time(lambda: peer_open(f32), args.repeats),
+                     median_time(lambda: ours_open(f32), args.repeats)))
         rows.append((f"load native F32 ({mb:.0f} MB)",
-                     timeit(lambda: touch(safetensors.numpy.load_file(str(f32))), args.repeats),
-                     timeit(lambda: touch(load_safetensors(f32)), args.repeats)))
-        rows.append(("BF16 -> f32, all tensors", timeit(lambda: peer_widen(bf16), args.repeats),
-                     timeit(lambda: ours_widen(bf16), args.repeats)))
+                     median_time(lambda: touch(safetensors.numpy.load_file(str(f32))), args.repeats),
+                     median_time(lambda: touch(load_safetensors(f32)), args.repeats)))
+        rows.append(("BF16 -> f32, all tensors", median_time(lambda: peer_widen(bf16), args.repeats),
+                     median_time(lambda: ours_widen(bf16), args.repeats)))
         # Same values, or the comparison means nothing.
         ours, peer = ours_widen(bf16), peer_widen(bf16)
         assert all(np.array_equal(ours[k], peer[k]) for k in peer)
