@@ -21,7 +21,7 @@ C_LIBS := -L$(ONEDNN_ROOT)/lib -Wl,-rpath,$(ONEDNN_ROOT)/lib -ldnnl -lturbojpeg 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 FUZZ_SECONDS ?= 120
-FUZZ_RUNS ?= 200000
+FUZZ_RUNS ?= 2000000
 
 .PHONY: test test-c test-py asan fuzz bench build system-deps clean
 
@@ -68,11 +68,11 @@ asan: $(C_TESTS:tests/c/%.c=build/asan/%)
 # libFuzzer on the safetensors header parser, seeded with tests/fuzz/corpus.
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c csrc/weights/safetensors.c csrc/core/dtype.c csrc/core/status.c $(CORE_HDR) | system-deps
 	@mkdir -p $(@D)
-	clang -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -Icsrc $(filter %.c,$^) -o $@
+	clang -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc $(filter %.c,$^) -o $@
 
 fuzz: build/fuzz/fuzz_safetensors
 	@mkdir -p build/fuzz/corpus
-	$< -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus/safetensors
+	$< -artifact_prefix=build/fuzz/ -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus/safetensors
 
 bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -80,6 +80,11 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
     if (M < 0 || N < 0 || K < 0)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size M=%lld N=%lld K=%lld", (long long)M,
                         (long long)N, (long long)K);
+    if (M > 0 && N > 0 && (M > INT64_MAX / N || (K > 0 && (M > INT64_MAX / K || N > INT64_MAX / K))))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: sizes M=%lld N=%lld K=%lld overflow", (long long)M,
+                        (long long)N, (long long)K);
+    if ((M > 0 && N > 0 && !out) || (M > 0 && K > 0 && !a) || (N > 0 && K > 0 && !b))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: NULL buffer");
     if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: unknown precision %d", (int)precision);
     if (M == 0 || N == 0) return MP_STATUS_OK;

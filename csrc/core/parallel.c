@@ -5,9 +5,9 @@
 
 static atomic_int default_threads; // 0: not set, follow OpenMP
 
+// OpenMP's own default, remembered from the first call. That call must come from a thread
+// that has not changed its own count; the Python module makes it at import.
 static int openmp_default(void) {
-    // omp_get_num_procs() respects the affinity mask; OMP_NUM_THREADS is read by
-    // omp_get_max_threads() on a thread that never changed its own count.
     static atomic_int initial;
     int n = atomic_load(&initial);
     if (n <= 0) {

@@ -37,11 +37,16 @@ struct mp_safetensors {
 struct parser {
     const unsigned char *start, *p, *end;
     const char *source;   // the file name, for messages
+    const char *tensor;   // the tensor whose entry is being parsed, or NULL
     enum mp_status status; // MP_STATUS_OK until the first error
 };
 
 static int parse_fail(struct parser *ps, const char *what) {
-    if (ps->status == MP_STATUS_OK)
+    if (ps->status == MP_STATUS_OK && ps->tensor)
+        ps->status = mp_error(MP_STATUS_BAD_FORMAT,
+                              "%s: invalid safetensors header: %s at byte %zu of the JSON (in tensor " NAME_FMT ")",
+                              ps->source, what, (size_t)(ps->p - ps->start), ps->tensor);
+    else if (ps->status == MP_STATUS_OK)
         ps->status = mp_error(MP_STATUS_BAD_FORMAT, "%s: invalid safetensors header: %s at byte %zu of the JSON",
                               ps->source, what, (size_t)(ps->p - ps->start));
     return -1;
@@ -271,6 +276,7 @@ static const char *const unsupported_dtypes[] = {"F8_E4M3", "F8_E5M2", "F8_E8M0"
 static int parse_tensor(struct parser *ps, struct entry *e) {
     int have_dtype = 0, have_shape = 0, have_offsets = 0;
     const char *name = e->tensor.name;
+    ps->tensor = name;
     if (expect(ps, '{')) return -1;
     skip_ws(ps);
     if (ps->p < ps->end && *ps->p == '}') ps->p++;
@@ -333,6 +339,7 @@ static int parse_tensor(struct parser *ps, struct entry *e) {
         if (expect(ps, '}')) return -1;
         break;
     }
+    ps->tensor = NULL;
     const char *missing = !have_dtype ? "dtype" : !have_shape ? "shape" : !have_offsets ? "data_offsets" : NULL;
     if (missing) {
         ps->status = mp_error(MP_STATUS_BAD_FORMAT, "%s: tensor " NAME_FMT " has no \"%s\"", ps->source, name, missing);
@@ -433,7 +440,10 @@ static enum mp_status check_layout(struct mp_safetensors *st, const unsigned cha
                             source, t->name, (unsigned long long)e->begin, (unsigned long long)e->end,
                             (unsigned long long)data_size);
         size_t item = mp_dtype_size(t->dtype);
-        if ((uint64_t)t->numel > UINT64_MAX / item || (uint64_t)t->numel * item != e->end - e->begin)
+        if ((uint64_t)t->numel > UINT64_MAX / item)
+            return mp_error(MP_STATUS_BAD_FORMAT, "%s: tensor " NAME_FMT " has an absurd shape (%lld elements of %s)",
+                            source, t->name, (long long)t->numel, mp_dtype_name(t->dtype));
+        if ((uint64_t)t->numel * item != e->end - e->begin)
             return mp_error(MP_STATUS_BAD_FORMAT,
                             "%s: tensor " NAME_FMT " has %lld elements of %s (%llu bytes) but data_offsets span %llu bytes",
                             source, t->name, (long long)t->numel, mp_dtype_name(t->dtype),
@@ -443,7 +453,7 @@ static enum mp_status check_layout(struct mp_safetensors *st, const unsigned cha
         t->data = data + e->begin;
     }
 
-    qsort(st->entries, (size_t)st->count, sizeof *st->entries, compare_name);
+    if (st->count > 1) qsort(st->entries, (size_t)st->count, sizeof *st->entries, compare_name); // entries is NULL when empty
     for (int64_t i = 1; i < st->count; i++)
         if (strcmp(st->entries[i - 1].tensor.name, st->entries[i].tensor.name) == 0)
             return mp_error(MP_STATUS_BAD_FORMAT, "%s: tensor name " NAME_FMT " appears more than once", source,
