@@ -48,7 +48,7 @@ def test_bf16_matmul_dispatches_to_amx_when_the_cpu_has_it():
     """)
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    lines = [line for line in run.stdout.splitlines() if "exec,cpu,matmul" in line and "src_bf16" in line]
+    lines = [line for line in run.stdout.splitlines() if "exec,cpu,matmul" in line and "fpmath:bf16" in line]
     assert lines, run.stdout + run.stderr
     if {"amx_bf16", "amx_tile"} <= cpu_flags():
         assert "avx512_core_amx" in lines[0], lines[0]

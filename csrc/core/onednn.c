@@ -2,8 +2,6 @@
 
 #include <stdlib.h>
 #include <threads.h>
-
-#include "core/dtype.h"
 #include "oneapi/dnnl/dnnl.h"
 
 /* The engine is shared. Streams and scratchpads are made per call (both are cheap on the
@@ -68,13 +66,6 @@ static enum mp_status backend_error(const char *what, dnnl_status_t s) {
     return mp_error(MP_STATUS_BACKEND, "oneDNN %s failed (dnnl_status %d)", what, (int)s);
 }
 
-// Rounds n f32 values to bf16 into a fresh buffer; NULL when out of memory.
-static uint16_t *bf16_copy(const float *x, int64_t n) {
-    uint16_t *y = malloc((size_t)(n > 0 ? n : 1) * sizeof *y);
-    if (y) mp_dtype_convert(y, MP_DTYPE_BF16, x, MP_DTYPE_F32, n);
-    return y;
-}
-
 enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
                             enum mp_precision precision) {
     if (M < 0 || N < 0 || K < 0)
@@ -95,19 +86,10 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
     enum mp_status status = engine_get();
     if (status != MP_STATUS_OK) return status;
 
-    dnnl_data_type_t in_type = precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    // bf16: f32 buffers in and out; oneDNN rounds the inputs to bf16 inside the kernel
+    // (fpmath mode), which costs less than converting whole copies beforehand.
+    dnnl_data_type_t in_type = dnnl_f32;
     const void *a_data = a, *b_data = b;
-    uint16_t *a_bf16 = NULL, *b_bf16 = NULL;
-    if (precision == MP_PRECISION_BF16) {
-        a_data = a_bf16 = bf16_copy(a, M * K);
-        b_data = b_bf16 = bf16_copy(b, N * K);
-        if (!a_bf16 || !b_bf16) {
-            free(a_bf16);
-            free(b_bf16);
-            return mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: cannot allocate bf16 copies of %lld x %lld inputs",
-                            (long long)(M + N), (long long)K);
-        }
-    }
 
     dnnl_memory_desc_t a_md = NULL, b_md = NULL, out_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
@@ -126,6 +108,9 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
     what = "matmul primitive creation";
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
+    if (precision == MP_PRECISION_BF16 &&
+        (s = dnnl_primitive_attr_set_fpmath_mode(attr, dnnl_fpmath_mode_bf16)) != dnnl_success)
+        goto done;
     if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, a_md, b_md, NULL, out_md, attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
     what = "memory creation";
@@ -159,8 +144,6 @@ done:
     dnnl_memory_desc_destroy(b_md);
     dnnl_memory_desc_destroy(a_md);
     free(scratch);
-    free(a_bf16);
-    free(b_bf16);
     return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: %s ran out of memory", what)
            : s == dnnl_success     ? MP_STATUS_OK
                                    : backend_error(what, s);
