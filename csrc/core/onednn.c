@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <threads.h>
+
 #include "oneapi/dnnl/dnnl.h"
 
 /* The engine is shared. Streams and scratchpads are made per call (both are cheap on the
