@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libturbojpeg0-dev pkg-config clang libclang-rt-14-dev
+# Real photographs for the image tests (see tests/test_images.py).
+TEST_DATA_PACKAGES := mate-backgrounds palapeli-data
 ONEDNN_PIP := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
 
 # Pure C builds (tests/c, asan, fuzz) use the same oneDNN as the extension.
@@ -28,7 +30,7 @@ FUZZ_RUNS ?= 2000000
 test: test-c test-py
 
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(TEST_DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq; \

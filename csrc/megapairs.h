@@ -30,6 +30,8 @@
 #include "core/parallel.h"
 #include "core/status.h"
 #include "image/jpeg.h"
+#include "image/preprocess.h"
+#include "image/resample.h"
 #include "weights/safetensors.h"
 
 #endif

@@ -12,7 +12,7 @@ from ._loader import load_core as _load_core
 
 _core = _load_core()
 
-from . import weights  # noqa: E402
+from . import images, weights  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 
@@ -24,6 +24,7 @@ __all__ = [
     "FormatError",
     "__version__",
     "get_num_threads",
+    "images",
     "set_num_threads",
     "show_config",
     "weights",

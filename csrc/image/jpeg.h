@@ -19,6 +19,28 @@ struct mp_jpeg_header {
 // MP_STATUS_BAD_FORMAT when the bytes are not a readable JPEG.
 enum mp_status mp_jpeg_read_header(struct mp_jpeg_header *header, const uint8_t *bytes, size_t size);
 
+// Output size of a decode at scale 1/denom (denom in 1, 2, 4, 8): the ceiling of each side,
+// as libjpeg computes it.
+int64_t mp_jpeg_scaled(int64_t size, int denom);
+
+// The largest denom in {8, 4, 2, 1} whose scaled short side is still >= min_short.
+int mp_jpeg_pick_scale(const struct mp_jpeg_header *header, int64_t min_short);
+
+// Decodes to RGB at scale 1/denom. `header` comes from mp_jpeg_read_header on the same bytes.
+// Grayscale is replicated to three channels and CMYK/YCCK converted as Pillow's
+// convert("RGB") does (Adobe-inverted CMYK assumed, as Pillow assumes). fast != 0 allows
+// the fast integer IDCT and plain upsampling. A truncated stream is an error, as in Pillow;
+// recoverable corruption warnings are not. `scratch` holds mp_jpeg_scratch_size(...) bytes.
+enum mp_status mp_jpeg_decode(uint8_t                     *rgb,     // (scaled H, scaled W, 3)
+                              void                        *scratch,
+                              const struct mp_jpeg_header *header,
+                              const uint8_t               *bytes,
+                              size_t                       size,
+                              int                          denom,
+                              int                          fast);
+
+size_t mp_jpeg_scratch_size(const struct mp_jpeg_header *header, int denom);
+
 // The libjpeg-turbo version compiled against, as "MAJOR.MINOR.PATCH" when known, or "unknown".
 const char *mp_jpeg_library_version(void);
 

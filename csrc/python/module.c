@@ -180,6 +180,149 @@ static PyObject *py_jpeg_read_header(PyObject *self, PyObject *args) {
                          "components", header.components, "progressive", header.progressive ? Py_True : Py_False);
 }
 
+/* ---------------------------------------------------------------- images */
+
+static PyObject *py_jpeg_decode(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    long long max_pixels = 0;
+    if (!PyArg_ParseTuple(args, "y*|L:jpeg_decode", &data, &max_pixels)) return NULL;
+    PyObject *result = NULL;
+    struct mp_jpeg_header header;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_jpeg_read_header(&header, data.buf, (size_t)data.len);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    if (max_pixels > 0 && header.height * header.width > max_pixels) {
+        PyErr_Format(MpFormatError, "image of %lld x %lld = %lld pixels exceeds the limit of %lld (a decompression bomb?)",
+                     (long long)header.width, (long long)header.height, (long long)(header.height * header.width),
+                     max_pixels);
+        goto done;
+    }
+    npy_intp dims[3] = {(npy_intp)header.height, (npy_intp)header.width, 3};
+    PyObject *rgb = PyArray_EMPTY(3, dims, NPY_UINT8, 0);
+    if (!rgb) goto done;
+    uint8_t *pixels = PyArray_DATA((PyArrayObject *)rgb);
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_image_decode_jpeg(pixels, data.buf, (size_t)data.len, header.height, header.width);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        Py_DECREF(rgb);
+        raise_status(status);
+        goto done;
+    }
+    result = rgb;
+done:
+    PyBuffer_Release(&data);
+    return result;
+}
+
+#define MESSAGE_SIZE 512
+
+/* preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, num_threads)
+ *   -> (out (N, 3, crop_h, crop_w) float32, status (N) int32, messages: list[str | None])
+ * items: JPEG bytes-like objects or (H, W, 3) uint8 arrays. */
+static PyObject *py_image_preprocess(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"items", "resize", "crop", "mean", "std", "resample", "max_pixels", "fast",
+                             "num_threads", NULL};
+    PyObject *items_obj, *result = NULL, *seq = NULL, *out = NULL, *status_arr = NULL, *message_list = NULL;
+    struct mp_transform t = {0};
+    long long resize, crop_h, crop_w, max_pixels;
+    int resample, fast, num_threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL(LL)(fff)(fff)iLp|$i:preprocess", kwlist, &items_obj, &resize,
+                                     &crop_h, &crop_w, &t.mean[0], &t.mean[1], &t.mean[2], &t.std[0], &t.std[1],
+                                     &t.std[2], &resample, &max_pixels, &fast, &num_threads))
+        return NULL;
+    if (check_threads(num_threads)) return NULL;
+    if (resize < 0 || crop_h <= 0 || crop_w <= 0 || crop_h > 1 << 16 || crop_w > 1 << 16 || resize > 1 << 16)
+        return PyErr_Format(PyExc_ValueError, "resize must be in [0, 65536] and crop sides in [1, 65536], got %lld, (%lld, %lld)",
+                            resize, crop_h, crop_w);
+    t.resize = resize;
+    t.crop_h = crop_h;
+    t.crop_w = crop_w;
+    t.resample = (enum mp_resample)resample;
+    t.max_pixels = max_pixels;
+    t.fast = fast;
+    if (!(seq = PySequence_Fast(items_obj, "items must be a sequence"))) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct mp_image_input *inputs = PyMem_Calloc((size_t)n + 1, sizeof *inputs);
+    Py_buffer *buffers = PyMem_Calloc((size_t)n + 1, sizeof *buffers);
+    PyObject **arrays = PyMem_Calloc((size_t)n + 1, sizeof *arrays);
+    int32_t *item_status = NULL;
+    char *messages = PyMem_Calloc((size_t)n + 1, MESSAGE_SIZE);
+    Py_ssize_t held = 0; // buffers[0..held) are acquired
+    if (!inputs || !buffers || !arrays || !messages) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++, held = i) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (PyArray_Check(item)) {
+            PyArrayObject *arr = (PyArrayObject *)item;
+            if (PyArray_TYPE(arr) != NPY_UINT8 || PyArray_NDIM(arr) != 3 || PyArray_DIM(arr, 2) != 3 ||
+                PyArray_DIM(arr, 0) < 1 || PyArray_DIM(arr, 1) < 1) {
+                PyErr_Format(PyExc_ValueError, "item %zd: pixel arrays must be (H, W, 3) uint8 with H, W >= 1", i);
+                goto done;
+            }
+            PyObject *c = PyArray_FROM_OTF(item, NPY_UINT8, NPY_ARRAY_IN_ARRAY);
+            if (!c) goto done;
+            arrays[i] = c;
+            inputs[i].pixels = PyArray_DATA((PyArrayObject *)c);
+            inputs[i].height = PyArray_DIM((PyArrayObject *)c, 0);
+            inputs[i].width = PyArray_DIM((PyArrayObject *)c, 1);
+            inputs[i].row_stride = PyArray_STRIDE((PyArrayObject *)c, 0);
+        } else {
+            if (PyObject_GetBuffer(item, &buffers[i], PyBUF_SIMPLE) != 0) goto done;
+            inputs[i].bytes = buffers[i].buf ? buffers[i].buf : (const uint8_t *)"";
+            inputs[i].size = (size_t)buffers[i].len;
+        }
+    }
+    held = n;
+    npy_intp dims[4] = {n, 3, (npy_intp)crop_h, (npy_intp)crop_w}, sdims[1] = {n};
+    if (!(out = PyArray_EMPTY(4, dims, NPY_FLOAT32, 0)) || !(status_arr = PyArray_EMPTY(1, sdims, NPY_INT32, 0)))
+        goto done;
+    float *out_data = PyArray_DATA((PyArrayObject *)out);
+    item_status = PyArray_DATA((PyArrayObject *)status_arr);
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_image_preprocess(out_data, item_status, messages, MESSAGE_SIZE, inputs, n, &t);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    if (!(message_list = PyList_New(n))) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *m = item_status[i] == MP_STATUS_OK ? Py_NewRef(Py_None)
+                                                     : PyUnicode_DecodeUTF8(messages + i * MESSAGE_SIZE,
+                                                                            (Py_ssize_t)strlen(messages + i * MESSAGE_SIZE),
+                                                                            "replace");
+        if (!m) goto done;
+        PyList_SET_ITEM(message_list, i, m);
+    }
+    result = PyTuple_Pack(3, out, status_arr, message_list);
+done:
+    for (Py_ssize_t i = 0; buffers && i < held; i++)
+        if (buffers[i].obj) PyBuffer_Release(&buffers[i]);
+    for (Py_ssize_t i = 0; arrays && i < n; i++) Py_XDECREF(arrays[i]);
+    PyMem_Free(inputs);
+    PyMem_Free(buffers);
+    PyMem_Free(arrays);
+    PyMem_Free(messages);
+    Py_XDECREF(seq);
+    Py_XDECREF(out);
+    Py_XDECREF(status_arr);
+    Py_XDECREF(message_list);
+    return result;
+}
+
 /* ---------------------------------------------------------------- safetensors reader
  * Arrays returned by get() view the mapping and hold a reference to the reader, so the
  * mapping is released only when the reader and every view of it are gone. close() stops
@@ -414,6 +557,9 @@ static PyMethodDef core_methods[] = {
     {"onednn_info", py_onednn_info, METH_NOARGS, "onednn_info() -> dict: version, runtime and dispatched ISA."},
     {"jpeg_version", py_jpeg_version, METH_NOARGS, "jpeg_version() -> str: libjpeg-turbo version built against."},
     {"jpeg_read_header", py_jpeg_read_header, METH_VARARGS, "jpeg_read_header(data) -> dict."},
+    {"jpeg_decode", py_jpeg_decode, METH_VARARGS, "jpeg_decode(data, max_pixels=0) -> (H, W, 3) uint8."},
+    {"preprocess", (PyCFunction)(void (*)(void))py_image_preprocess, METH_VARARGS | METH_KEYWORDS,
+     "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, num_threads=0)."},
     {"matmul_nt", (PyCFunction)(void (*)(void))py_matmul_nt, METH_VARARGS | METH_KEYWORDS,
      "matmul_nt(a, b, *, precision='fp32', out=None, num_threads=0) -> a @ b.T as float32."},
     {"_raise_status_for_testing", py_raise_status_for_testing, METH_VARARGS, "Test hook: raise for a status."},
