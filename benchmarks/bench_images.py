@@ -4,7 +4,8 @@ transforms when installed.
 
 Two sets of in-memory JPEG bytes (no file I/O timed):
   (a) ~0.2 MP: the Debian photos downscaled to ~550 x 365 and re-encoded (quality 90)
-  (b) >= 2 MP: the Debian photos of 2 MP and more, as shipped
+  (b) >= 2 MP: the Debian photos of 2 MP and more, as shipped, also split into
+      (b1) baseline and (b2) progressive JPEGs
 Images per second on 1 and 2 threads (the peers use a 2-thread pool for 2), median of a
 few repeats, and megapairs' speed-up over Pillow + processor at the same thread count.
 Run: make bench   or   .venv/bin/python benchmarks/bench_images.py [--repeats N]
@@ -26,19 +27,19 @@ PHOTOS = sorted(glob.glob("/usr/share/backgrounds/mate/*/*.jpg") + glob.glob("/u
 
 
 def load_sets():
-    small, large = [], []
+    small, baseline, progressive = [], [], []
     for path in PHOTOS:
         with open(path, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height >= 2_000_000:
-                large.append(data)
+                (progressive if im.info.get("progressive") else baseline).append(data)
             scale = (200_000 / (im.width * im.height)) ** 0.5
             buffer = io.BytesIO()
             im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC).save(
                 buffer, "JPEG", quality=90)
             small.append(buffer.getvalue())
-    return small, large
+    return small, baseline, progressive
 
 
 def processor():
@@ -79,12 +80,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    small, large = load_sets()
+    small, baseline, progressive = load_sets()
     proc = processor()
     tv = torchvision_transform()
     print(f"megapairs {mp.__version__}  transformers {transformers.__version__}  Pillow {Image.__version__}  "
           f"torchvision {'yes' if tv else 'not installed'}")
-    for name, batch in [("(a) ~0.2 MP", small), (f"(b) >= 2 MP ({np.mean([_mp(d) for d in large]):.1f} MP mean)", large)]:
+    sets = [("(a) ~0.2 MP", small), ("(b) >= 2 MP", baseline + progressive),
+            ("(b1) >= 2 MP, baseline", baseline), ("(b2) >= 2 MP, progressive", progressive)]
+    for name, batch in sets:
+        name += f" ({np.mean([_mp(d) for d in batch]):.1f} MP mean)"
         print(f"\n{name}: {len(batch)} JPEGs")
         print(f"{'method':<34}{'1 thread':>14}{'2 threads':>14}{'vs Pillow+proc':>18}")
         rates = {}

@@ -114,6 +114,18 @@ static enum mp_status process_one(float *out, struct workspace *ws, const struct
     return MP_STATUS_OK;
 }
 
+static int64_t image_cost(const struct mp_image_input *img) {
+    return img->bytes ? (int64_t)img->size * 8 : img->height * img->width; // ~8 pixels per JPEG byte
+}
+
+static _Thread_local const struct mp_image_input *cost_images; // qsort has no context argument
+
+static int by_cost_descending(const void *a, const void *b) {
+    int64_t ca = image_cost(&cost_images[*(const int64_t *)a]), cb = image_cost(&cost_images[*(const int64_t *)b]);
+    if (ca != cb) return ca > cb ? -1 : 1;
+    return *(const int64_t *)a < *(const int64_t *)b ? -1 : 1;
+}
+
 enum mp_status mp_image_preprocess(float *out, int32_t *item_status, char *messages, size_t message_size,
                                    const struct mp_image_input *images, int64_t N, const struct mp_transform *t) {
     if (N < 0 || (N > 0 && (!out || !item_status || !images)) || !t || t->crop_h <= 0 || t->crop_w <= 0 ||
@@ -133,12 +145,21 @@ enum mp_status mp_image_preprocess(float *out, int32_t *item_status, char *messa
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++) lut[c][v] = ((float)(v * (1.0 / 255.0)) - t->mean[c]) / t->std[c];
 
+    // Largest images first (bytes or pixels as the cost estimate), so that one big image at the
+    // end of a batch does not leave the other threads idle.
+    int64_t *order = malloc((size_t)(N > 0 ? N : 1) * sizeof *order);
+    if (!order) return mp_error(MP_STATUS_OUT_OF_MEMORY, "image_preprocess: out of memory");
+    for (int64_t i = 0; i < N; i++) order[i] = i;
+    cost_images = images;
+    if (N > 1) qsort(order, (size_t)N, sizeof *order, by_cost_descending);
+
     int64_t item = 3 * t->crop_h * t->crop_w;
 #pragma omp parallel
     {
         struct workspace ws = {0};
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < N; i++) {
+        for (int64_t j = 0; j < N; j++) {
+            int64_t i = order[j];
             float *slot = out + i * item;
             enum mp_status status = process_one(slot, &ws, &images[i], t, (const float(*)[256])lut);
             item_status[i] = (int32_t)status;
@@ -149,6 +170,7 @@ enum mp_status mp_image_preprocess(float *out, int32_t *item_status, char *messa
         }
         workspace_free(&ws);
     }
+    free(order);
     return MP_STATUS_OK;
 }
 
