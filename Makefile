@@ -22,8 +22,11 @@ C_FLAGS := -std=c11 -g -Wall -Wextra -Werror -fopenmp -Icsrc -Itests/c -I$(ONEDN
 C_LIBS := -L$(ONEDNN_ROOT)/lib -Wl,-rpath,$(ONEDNN_ROOT)/lib -ldnnl -lturbojpeg -lm -fopenmp
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
+# Each fuzz target stops after FUZZ_SECONDS or its run count, whichever comes first. The JPEG
+# target decodes whole images and is far slower per input, hence its own count.
 FUZZ_SECONDS ?= 120
 FUZZ_RUNS ?= 2000000
+FUZZ_JPEG_RUNS ?= 150000
 
 .PHONY: test test-c test-py asan fuzz bench build system-deps clean
 
@@ -67,14 +70,34 @@ test-c: $(C_TESTS:tests/c/%.c=build/c/%)
 asan: $(C_TESTS:tests/c/%.c=build/asan/%)
 	@for t in $^; do echo "== $$t"; (cd tests/c && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ../../$$t); done
 
-# libFuzzer on the safetensors header parser, seeded with tests/fuzz/corpus.
+# libFuzzer on the safetensors reader and on the JPEG decode + preprocess path, seeded with
+# tests/fuzz/corpus/<target>; new inputs go to build/fuzz/corpus/<target>. Both targets run
+# even when the first fails; any crash fails the recipe.
+FUZZ_CFLAGS := -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc
+FUZZ_FLAGS = -artifact_prefix=build/fuzz/ -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c csrc/weights/safetensors.c csrc/core/dtype.c csrc/core/status.c $(CORE_HDR) | system-deps
 	@mkdir -p $(@D)
-	clang -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc $(filter %.c,$^) -o $@
+	clang $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
 
-fuzz: build/fuzz/fuzz_safetensors
-	@mkdir -p build/fuzz/corpus
-	$< -artifact_prefix=build/fuzz/ -runs=$(FUZZ_RUNS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus/safetensors
+# Without -fopenmp: clang has no libomp here (the OpenMP pragmas of preprocess.c and
+# dtype.c are ignored, so each input runs on one thread, which also keeps runs
+# reproducible). csrc/core/parallel.c includes omp.h and is not needed. No comparison
+# tracing: the comparisons that parse a JPEG happen inside TurboJPEG, which is not
+# instrumented, while tracing those of the per-pixel loops made the target 4x slower.
+build/fuzz/fuzz_jpeg: tests/fuzz/fuzz_jpeg.c $(wildcard csrc/image/*.c) csrc/core/dtype.c csrc/core/status.c $(CORE_HDR) | system-deps
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) -fno-sanitize-coverage=trace-cmp $(filter %.c,$^) -o $@ -lturbojpeg -lm
+
+fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg
+	@mkdir -p build/fuzz/corpus/safetensors build/fuzz/corpus/jpeg
+	@failed=""; \
+	run() { local target=$$1 runs=$$2; echo "== build/fuzz/fuzz_$$target (-runs=$$runs, at most $(FUZZ_SECONDS) s)"; \
+	  build/fuzz/fuzz_$$target $(FUZZ_FLAGS) -runs=$$runs build/fuzz/corpus/$$target tests/fuzz/corpus/$$target \
+	    || failed="$$failed fuzz_$$target"; }; \
+	run safetensors $(FUZZ_RUNS); \
+	run jpeg $(FUZZ_JPEG_RUNS); \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in build/fuzz/)"; exit 1; fi
 
 bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

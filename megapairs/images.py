@@ -38,6 +38,18 @@ _RESAMPLE = {"bicubic": 0, "bilinear": 1, "lanczos": 2, "box": 3}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _CHUNK = 256  # images per core call: bounds memory for path inputs and paces the progress bar
 
+
+def _pillow_pass_order() -> int:
+    """Pillow 13 changed the order of its two resampling passes for images whose height
+    shrinks much more than their width; exact mode follows the Pillow that is installed,
+    which is the one transformers' processors use."""
+    try:
+        import PIL
+
+        return 1 if int(PIL.__version__.split(".")[0]) >= 13 else 0
+    except (ImportError, ValueError):
+        return 1
+
 ImageLike = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", np.ndarray, "PIL.Image.Image"]  # noqa: F821
 
 
@@ -264,7 +276,7 @@ def preprocess(
                     failures[i] = exc
             out, status, messages = _core.preprocess(
                 prepared, t.size, t.crop_size, t.mean, t.std, _RESAMPLE[t.resample], limit, not exact,
-                num_threads=threads,
+                pass_order=_pillow_pass_order(), num_threads=threads,
             )
             ok = status == 0
             if on_error == "raise" and not ok.all():

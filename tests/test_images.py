@@ -165,6 +165,40 @@ def test_odd_geometry_equals_processor(small_photo, height, width, preset):
     np.testing.assert_array_equal(mp.images.preprocess([as_png.getvalue()], preset), want)
 
 
+@pytest.mark.parametrize("height,width", [(2532, 1170), (1000, 400), (900, 500), (700, 120)])
+def test_tall_images_equal_processor(height, width):
+    """Pillow 13 resamples vertically first when the height shrinks by more than twice the
+    width's change; exact mode follows the installed Pillow's order."""
+    rng = np.random.default_rng(height)
+    smooth = Image.fromarray(rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8))
+    image = smooth.resize((width, height), Image.BICUBIC)
+    for preset in ("clip", "dinov2"):
+        make, _ = PROCESSORS[preset]
+        want = make()(image, return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(mp.images.preprocess([np.asarray(image)], preset), want)
+
+
+def test_random_geometry_equals_pillow_resize():
+    """Shortest-side resizes of random sizes, all filters, the full resized image as the crop."""
+    rng = np.random.default_rng(7)
+    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS, "box": Image.BOX}
+    checked = 0
+    while checked < 120:
+        h, w, size = (int(v) for v in (rng.integers(2, 700), rng.integers(2, 700), rng.integers(8, 300)))
+        short, long = min(h, w), max(h, w)
+        new_long = int(size * long / short)
+        rh, rw = (new_long, size) if w <= h else (size, new_long)
+        if rh * rw > 1_000_000:
+            continue
+        name = list(filters)[checked % 4]
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(pixels).resize((rw, rh), filters[name]))
+        t = Transform(size, (rh, rw), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), resample=name)
+        got = np.rint(mp.images.preprocess([pixels], t)[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+        assert np.array_equal(got, want), (h, w, rh, rw, name)
+        checked += 1
+
+
 @pytest.mark.parametrize("resample,pil", [("bicubic", PILImageResampling.BICUBIC),
                                           ("bilinear", PILImageResampling.BILINEAR),
                                           ("lanczos", PILImageResampling.LANCZOS), ("box", PILImageResampling.BOX)])

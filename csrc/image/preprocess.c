@@ -101,7 +101,7 @@ static enum mp_status process_one(float *out, struct workspace *ws, const struct
         reserve(&ws->resample, &ws->resample_cap, scratch_bytes))
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "cannot allocate resize buffers");
     enum mp_status status = mp_resample_window(ws->window, ws->resample, pixels, height, width, stride, rh, rw, top, left,
-                                               t->crop_h, t->crop_w, t->resample);
+                                               t->crop_h, t->crop_w, t->resample, t->pass_order);
     if (status != MP_STATUS_OK) return status;
 
     // HWC uint8 -> CHW float32 through the per-channel table.

@@ -30,6 +30,7 @@ struct mp_transform {
     enum mp_resample resample;
     int64_t          max_pixels;          // larger images are refused (decompression bombs); 0: no limit
     int              fast;                // JPEG: decode at a DCT scale 1/2..1/8 and fast IDCT/upsampling
+    enum mp_pass_order pass_order;        // the Pillow release whose resize to reproduce
 };
 
 // Output size of resizing (height, width) so that its shortest side is `resize`.

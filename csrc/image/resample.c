@@ -278,15 +278,26 @@ size_t mp_resample_scratch_size(int64_t H, int64_t W, int64_t resized_h, int64_t
     bytes += (size_t)crop_w * 3 * sizeof(uint32_t); // vertical-pass accumulators
     bytes += (size_t)(crop_h * ky) * sizeof(int32_t) + (size_t)crop_h * 2 * sizeof(int64_t);
     bytes += (size_t)(kx > ky ? kx : ky) * sizeof(double); // unnormalised weights of one sample
-    bytes += (size_t)H * (size_t)crop_w * 3;                // horizontal-pass intermediate, at most every input row
+    // First-pass intermediate: every input row of the window's columns, or (vertical first)
+    // the window's rows over every input column; and the accumulators of either vertical pass.
+    size_t mid_h = (size_t)H * (size_t)crop_w * 3, mid_v = (size_t)crop_h * (size_t)W * 3;
+    bytes += mid_h > mid_v ? mid_h : mid_v;
+    bytes += (size_t)(W > crop_w ? W : crop_w) * 3 * sizeof(uint32_t);
     return bytes + 64;
+}
+
+int mp_resample_vertical_first(enum mp_pass_order order, int64_t H, int64_t W, int64_t resized_h, int64_t resized_w) {
+    if (order != MP_PASS_ORDER_PILLOW13 || H == resized_h || W == resized_w) return 0;
+    return H > resized_h && H - resized_h > 2 * (W - resized_w);
 }
 
 enum mp_status mp_resample_window(uint8_t *out, void *scratch, const uint8_t *in, int64_t H, int64_t W,
                                   int64_t in_stride, int64_t resized_h, int64_t resized_w, int64_t top,
-                                  int64_t left, int64_t crop_h, int64_t crop_w, enum mp_resample filter) {
+                                  int64_t left, int64_t crop_h, int64_t crop_w, enum mp_resample filter,
+                                  enum mp_pass_order order) {
     if (!out || !scratch || !in || H <= 0 || W <= 0 || in_stride < 3 * W || resized_h <= 0 || resized_w <= 0 ||
-        crop_h <= 0 || crop_w <= 0 || filter < MP_RESAMPLE_BICUBIC || filter > MP_RESAMPLE_BOX)
+        crop_h <= 0 || crop_w <= 0 || filter < MP_RESAMPLE_BICUBIC || filter > MP_RESAMPLE_BOX ||
+        (order != MP_PASS_ORDER_PILLOW12 && order != MP_PASS_ORDER_PILLOW13))
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "resample_window: bad arguments");
     const struct filter *f = &filters[filter];
     struct plan p = make_plan(H, W, resized_h, resized_w, top, left, crop_h, crop_w, f);
@@ -306,8 +317,8 @@ enum mp_status mp_resample_window(uint8_t *out, void *scratch, const uint8_t *in
     cursor = (unsigned char *)(by + 2 * nrows);
     double *w = (double *)cursor;
     cursor += (size_t)(p.kx > p.ky ? p.kx : p.ky) * sizeof(double);
-    uint32_t *acc = (uint32_t *)cursor;
-    cursor += (size_t)ncols * 3 * sizeof(uint32_t);
+    uint32_t *acc = (uint32_t *)cursor; // one vertical-pass row: window columns, or input columns
+    cursor += (size_t)(W > ncols ? W : ncols) * 3 * sizeof(uint32_t);
     uint8_t *block = cursor;
     cursor += (size_t)ROW_BLOCK * 3 * (size_t)W;
     uint8_t *zeros = cursor;
@@ -322,6 +333,24 @@ enum mp_status mp_resample_window(uint8_t *out, void *scratch, const uint8_t *in
         row_count = by[2 * (nrows - 1)] + by[2 * (nrows - 1) + 1] - row_first;
     }
     if (p.kx) coefficients(kx, bx, w, W, resized_w, p.col_lo, ncols, p.kx, f);
+    uint8_t *dst0 = out + ((p.row_lo - top) * crop_w + (p.col_lo - left)) * 3;
+
+    if (mp_resample_vertical_first(order, H, W, resized_h, resized_w)) {
+        // Vertical pass over the input columns the horizontal pass reads, window rows only ...
+        int64_t cx0 = bx[0], span = bx[2 * (ncols - 1)] + bx[2 * (ncols - 1) + 1] - cx0;
+        for (int64_t yy = 0; yy < nrows; yy++)
+            vertical_row(mid + yy * span * 3, in + by[2 * yy] * in_stride + cx0 * 3, in_stride, ky + yy * p.ky,
+                         by[2 * yy + 1], span * 3, acc);
+        // ... then the horizontal pass over those rows, into the window.
+        for (int64_t i = 0; i < ncols; i++) bx[2 * i] -= cx0;
+        if (nrows % ROW_BLOCK) memset(zeros, 0, (size_t)3 * (size_t)W);
+        filter_block_fn filter_block = pick_filter_block();
+        for (int64_t y = 0; y < nrows; y += ROW_BLOCK)
+            horizontal_block(dst0 + y * crop_w * 3, crop_w * 3, mid + y * span * 3, span * 3,
+                             nrows - y < ROW_BLOCK ? nrows - y : ROW_BLOCK, kx, bx, ncols, p.kx, block, zeros,
+                             filter_block);
+        return MP_STATUS_OK;
+    }
 
     // Horizontal pass: rows [row_first, row_first + row_count) of the input, window columns only.
     const uint8_t *src = in;
@@ -341,7 +370,6 @@ enum mp_status mp_resample_window(uint8_t *out, void *scratch, const uint8_t *in
     }
 
     // Vertical pass into the window of `out`.
-    uint8_t *dst0 = out + ((p.row_lo - top) * crop_w + (p.col_lo - left)) * 3;
     for (int64_t yy = 0; yy < nrows; yy++) {
         uint8_t *dst = dst0 + yy * crop_w * 3;
         if (!p.ky) { // height unchanged: copy the row

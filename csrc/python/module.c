@@ -229,14 +229,14 @@ done:
 static PyObject *py_image_preprocess(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"items", "resize", "crop", "mean", "std", "resample", "max_pixels", "fast",
-                             "num_threads", NULL};
+                             "pass_order", "num_threads", NULL};
     PyObject *items_obj, *result = NULL, *seq = NULL, *out = NULL, *status_arr = NULL, *message_list = NULL;
     struct mp_transform t = {0};
     long long resize, crop_h, crop_w, max_pixels;
-    int resample, fast, num_threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL(LL)(fff)(fff)iLp|$i:preprocess", kwlist, &items_obj, &resize,
+    int resample, fast, pass_order = MP_PASS_ORDER_PILLOW13, num_threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OL(LL)(fff)(fff)iLp|$ii:preprocess", kwlist, &items_obj, &resize,
                                      &crop_h, &crop_w, &t.mean[0], &t.mean[1], &t.mean[2], &t.std[0], &t.std[1],
-                                     &t.std[2], &resample, &max_pixels, &fast, &num_threads))
+                                     &t.std[2], &resample, &max_pixels, &fast, &pass_order, &num_threads))
         return NULL;
     if (check_threads(num_threads)) return NULL;
     if (resize < 0 || crop_h <= 0 || crop_w <= 0 || crop_h > 1 << 16 || crop_w > 1 << 16 || resize > 1 << 16)
@@ -248,6 +248,10 @@ static PyObject *py_image_preprocess(PyObject *self, PyObject *args, PyObject *k
     t.resample = (enum mp_resample)resample;
     t.max_pixels = max_pixels;
     t.fast = fast;
+    if (pass_order != MP_PASS_ORDER_PILLOW12 && pass_order != MP_PASS_ORDER_PILLOW13)
+        return PyErr_Format(PyExc_ValueError, "pass_order must be 0 (Pillow <= 12) or 1 (Pillow >= 13), got %d",
+                            pass_order);
+    t.pass_order = (enum mp_pass_order)pass_order;
     if (!(seq = PySequence_Fast(items_obj, "items must be a sequence"))) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     struct mp_image_input *inputs = PyMem_Calloc((size_t)n + 1, sizeof *inputs);
@@ -559,7 +563,7 @@ static PyMethodDef core_methods[] = {
     {"jpeg_read_header", py_jpeg_read_header, METH_VARARGS, "jpeg_read_header(data) -> dict."},
     {"jpeg_decode", py_jpeg_decode, METH_VARARGS, "jpeg_decode(data, max_pixels=0) -> (H, W, 3) uint8."},
     {"preprocess", (PyCFunction)(void (*)(void))py_image_preprocess, METH_VARARGS | METH_KEYWORDS,
-     "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, num_threads=0)."},
+     "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, pass_order=1, num_threads=0)."},
     {"matmul_nt", (PyCFunction)(void (*)(void))py_matmul_nt, METH_VARARGS | METH_KEYWORDS,
      "matmul_nt(a, b, *, precision='fp32', out=None, num_threads=0) -> a @ b.T as float32."},
     {"_raise_status_for_testing", py_raise_status_for_testing, METH_VARARGS, "Test hook: raise for a status."},
