@@ -1,6 +1,7 @@
 #include "image/resample.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h> // part of the x86-64 baseline: no run-time check needed
@@ -209,10 +210,14 @@ __attribute__((target("avx512f"))) static void filter_block_avx512(uint8_t *dst,
 }
 #endif
 
+// The widest kernel the CPU runs, capped by MEGAPAIRS_MAX_ISA ("avx512", "avx2" or
+// "generic") to compare kernels or work around a misbehaving machine.
 static filter_block_fn pick_filter_block(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f")) return filter_block_avx512;
-    if (__builtin_cpu_supports("avx2")) return filter_block_avx2;
+    const char *cap = getenv("MEGAPAIRS_MAX_ISA");
+    int allow512 = !cap || strcmp(cap, "avx512") == 0, allow2 = allow512 || (cap && strcmp(cap, "avx2") == 0);
+    if (allow512 && __builtin_cpu_supports("avx512f")) return filter_block_avx512;
+    if (allow2 && __builtin_cpu_supports("avx2")) return filter_block_avx2;
 #endif
     return filter_block_c;
 }

@@ -1,3 +1,4 @@
+#define _POSIX_C_SOURCE 200809L // setenv
 /* test_image.c: the image pipeline below Python.
  *
  * - mp_resample_window against a deliberately naive reference of Pillow's resampling
@@ -843,7 +844,14 @@ static void test_cmyk(void) {
 
 int main(void) {
     test_resized_size();
-    test_resample_window();
+    // Every filter kernel the CPU has (AVX-512, AVX2, portable C) against the reference.
+    static const char *const isas[] = {"avx512", "avx2", "generic"};
+    for (int i = 0; i < COUNT_OF(isas); i++) {
+        setenv("MEGAPAIRS_MAX_ISA", isas[i], 1);
+        printf("kernels capped at %s\n", isas[i]);
+        test_resample_window();
+    }
+    unsetenv("MEGAPAIRS_MAX_ISA");
     test_preprocess_batch();
     test_preprocess_invalid();
     test_preprocess_fast();
