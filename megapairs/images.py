@@ -21,7 +21,7 @@ from typing import Union
 
 import numpy as np
 
-from . import _core
+from . import _args, _core
 
 __all__ = ["MAX_IMAGE_PIXELS", "PRESETS", "Transform", "decode", "preprocess"]
 
@@ -109,11 +109,7 @@ def _transform(transform: str | Transform) -> Transform:
 
 
 def _max_pixels(max_pixels: int | None) -> int:
-    if max_pixels is None:
-        return 0
-    if not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-    return max_pixels
+    return _args.positive_or_none(max_pixels, "max_pixels")
 
 
 def _exif_orientation(data: bytes) -> int:
@@ -200,14 +196,6 @@ def decode(src: ImageLike, *, apply_exif: bool = False, max_pixels: int | None =
     return _core.jpeg_decode(prepared, _max_pixels(max_pixels))
 
 
-def _threads(num_threads: int | None) -> int:
-    if num_threads is None:
-        return 0
-    if not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    return num_threads
-
-
 def preprocess(
     images: Sequence[ImageLike] | Iterable[ImageLike],
     transform: str | Transform = "clip",
@@ -253,7 +241,7 @@ def preprocess(
     t = _transform(transform)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    threads, limit = _threads(num_threads), _max_pixels(max_pixels)
+    threads, limit = _args.threads(num_threads), _max_pixels(max_pixels)
     items = list(images)
     if progress is None:
         progress = len(items) > 2048

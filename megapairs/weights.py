@@ -20,7 +20,7 @@ from typing import Union
 
 import numpy as np
 
-from . import _core
+from . import _args, _core
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -41,14 +41,6 @@ def _dtype_arg(dtype) -> str | None:
     except TypeError:
         pass
     raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
-
-
-def _threads_arg(num_threads: int | None) -> int:
-    if num_threads is None:
-        return 0
-    if not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-    return num_threads
 
 
 def resolve_checkpoint(path: PathLike) -> Path:
@@ -178,7 +170,7 @@ class SafetensorsFile:
         num_threads : int, optional
             Threads for the conversion; defaults to :func:`megapairs.get_num_threads`.
         """
-        return self._reader(name).get(name, _dtype_arg(dtype), num_threads=_threads_arg(num_threads))
+        return self._reader(name).get(name, _dtype_arg(dtype), num_threads=_args.threads(num_threads))
 
     # -- lifetime
     @property
