@@ -14,6 +14,21 @@ def get_num_threads() -> int: ...
 def onednn_info() -> dict[str, Any]: ...
 def jpeg_version() -> str: ...
 def jpeg_read_header(data: bytes | bytearray | memoryview, /) -> dict[str, Any]: ...
+def jpeg_decode(data: bytes | bytearray | memoryview, max_pixels: int = 0, /) -> npt.NDArray[np.uint8]: ...  # (H, W, 3)
+def preprocess(
+    items: list[bytes | npt.NDArray[np.uint8]],  # JPEG bytes or (H, W, 3) uint8 pixels
+    resize: int,
+    crop: tuple[int, int],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    resample: int,  # 0 bicubic, 1 bilinear, 2 lanczos, 3 box
+    max_pixels: int,
+    fast: bool,
+    *,
+    pass_order: int = 1,  # 0: Pillow <= 12, 1: Pillow >= 13
+    num_threads: int = 0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], list[str | None]]: ...  # (N, 3, h, w), status, messages
+def _raise_status_for_testing(status: int, message: str, /) -> None: ...
 def matmul_nt(
     a: npt.ArrayLike,  # (M, K)
     b: npt.ArrayLike,  # (N, K)
