@@ -339,3 +339,40 @@ def test_argument_errors(tmp_path):
         Transform(224, 224, (0, 0, 0), (1, 0, 1))
     with pytest.raises(ValueError, match="resample must be one of"):
         Transform(224, 224, (0, 0, 0), (1, 1, 1), resample="nearest")
+
+
+def ycck_jpeg(cmyk):
+    """A YCCK JPEG (Adobe transform 2), which Pillow cannot write: libturbojpeg compresses
+    CMYK pixels as YCCK."""
+    import ctypes
+    import ctypes.util
+
+    tj = ctypes.CDLL(ctypes.util.find_library("turbojpeg") or "libturbojpeg.so.0")
+    tj.tjInitCompress.restype = ctypes.c_void_p
+    tj.tjCompress2.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ulong),
+                               ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    tj.tjFree.argtypes = [ctypes.c_void_p]
+    tj.tjDestroy.argtypes = [ctypes.c_void_p]
+    handle = tj.tjInitCompress()
+    out, size = ctypes.c_void_p(), ctypes.c_ulong()
+    h, w, _ = cmyk.shape
+    TJPF_CMYK, TJSAMP_420 = 11, 2
+    rc = tj.tjCompress2(handle, np.ascontiguousarray(cmyk).tobytes(), w, 0, h, TJPF_CMYK, ctypes.byref(out),
+                        ctypes.byref(size), TJSAMP_420, 90, 0)
+    assert rc == 0
+    data = ctypes.string_at(out, size.value)
+    tj.tjFree(out)
+    tj.tjDestroy(handle)
+    return data
+
+
+def test_ycck_jpeg_equals_pillow(small_photo):
+    cmyk = np.asarray(small_photo.convert("CMYK"))
+    data = ycck_jpeg(cmyk)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == "CMYK"
+        want = np.asarray(im.convert("RGB"))
+    assert np.array_equal(mp.images.decode(data), want)
+    expected = clip_processor()(Image.fromarray(want), return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(mp.images.preprocess([data]), expected)
