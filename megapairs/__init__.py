@@ -13,6 +13,7 @@ from ._loader import load_core as _load_core
 _core = _load_core()
 
 from . import images, weights  # noqa: E402
+from .encoders import CLIP  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 
@@ -20,6 +21,7 @@ Error = _core.Error
 FormatError = _core.FormatError
 
 __all__ = [
+    "CLIP",
     "Error",
     "FormatError",
     "__version__",

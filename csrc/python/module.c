@@ -327,6 +327,169 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- ViT encoder
+ * Vit(config: dict, tensors: list of float32 arrays in the canonical order of vit.h).
+ * The Python layer maps checkpoint names and checks shapes; this checks sizes and memory. */
+
+typedef struct {
+    PyObject_HEAD
+    struct mp_vit *vit;
+    int64_t image_size;
+} VitObject;
+
+static int dict_int(PyObject *dict, const char *key, int64_t *out) {
+    PyObject *v = PyDict_GetItemString(dict, key); // borrowed
+    if (!v) {
+        PyErr_Format(PyExc_ValueError, "config has no '%s'", key);
+        return -1;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *out = x;
+    return 0;
+}
+
+static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"config", "tensors", NULL};
+    PyObject *config, *tensors_obj, *seq = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Vit", kwlist, &PyDict_Type, &config, &tensors_obj)) return -1;
+    struct mp_vit_config c = {0};
+    int64_t activation = 0, kind = 0;
+    PyObject *eps = PyDict_GetItemString(config, "eps");
+    if (dict_int(config, "kind", &kind) || dict_int(config, "image_size", &c.image_size) ||
+        dict_int(config, "patch_size", &c.patch_size) || dict_int(config, "width", &c.width) ||
+        dict_int(config, "layers", &c.layers) || dict_int(config, "heads", &c.heads) ||
+        dict_int(config, "mlp", &c.mlp) || dict_int(config, "projection", &c.projection) ||
+        dict_int(config, "activation", &activation))
+        return -1;
+    if (!eps) {
+        PyErr_SetString(PyExc_ValueError, "config has no 'eps'");
+        return -1;
+    }
+    c.eps = (float)PyFloat_AsDouble(eps);
+    if (PyErr_Occurred()) return -1;
+    c.kind = (enum mp_vit_kind)kind;
+    c.activation = (enum mp_activation)activation;
+    if (!(seq = PySequence_Fast(tensors_obj, "tensors must be a sequence"))) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int rc = -1;
+    PyArrayObject **arrays = PyMem_Calloc((size_t)n + 1, sizeof *arrays);
+    const float **ptrs = PyMem_Calloc((size_t)n + 1, sizeof *ptrs);
+    if (!arrays || !ptrs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (c.layers < 0 || c.layers > 4096 || n != mp_vit_tensor_count(&c)) {
+        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd",
+                     (long long)(c.layers >= 0 && c.layers <= 4096 ? mp_vit_tensor_count(&c) : -1), n);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        arrays[i] = (PyArrayObject *)PyArray_FROM_OTF(PySequence_Fast_GET_ITEM(seq, i), NPY_FLOAT32,
+                                                      NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (!arrays[i]) goto done;
+        if (PyArray_SIZE(arrays[i]) != mp_vit_tensor_numel(&c, i)) {
+            PyErr_Format(PyExc_ValueError, "tensor %zd has %zd elements, the config needs %lld", i,
+                         (Py_ssize_t)PyArray_SIZE(arrays[i]), (long long)mp_vit_tensor_numel(&c, i));
+            goto done;
+        }
+        ptrs[i] = PyArray_DATA(arrays[i]);
+    }
+    struct mp_vit *vit = NULL;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_vit_init(&vit, &c, ptrs, n);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    mp_vit_free(self->vit);
+    self->vit = vit;
+    self->image_size = c.image_size;
+    rc = 0;
+done:
+    for (Py_ssize_t i = 0; arrays && i < n; i++) Py_XDECREF(arrays[i]);
+    PyMem_Free(arrays);
+    PyMem_Free(ptrs);
+    Py_DECREF(seq);
+    return rc;
+}
+
+static void vit_dealloc(VitObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    mp_vit_free(self->vit);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+// encode(pixels (N, 3, S, S), *, precision="fp32", num_threads=0) -> (N, E) float32
+static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"pixels", "precision", "num_threads", NULL};
+    PyObject *pixels_obj, *result = NULL, *out = NULL;
+    const char *precision_name = "fp32";
+    int num_threads = 0;
+    PyArrayObject *pixels = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$si:encode", kwlist, &pixels_obj, &precision_name, &num_threads))
+        return NULL;
+    if (!self->vit) return PyErr_Format(PyExc_ValueError, "Vit is not initialised");
+    if (check_threads(num_threads)) return NULL;
+    enum mp_precision precision;
+    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
+    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
+    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (!(pixels = as_f32_array(pixels_obj, 4, "pixels"))) return NULL;
+    npy_intp S = (npy_intp)self->image_size;
+    if (PyArray_DIM(pixels, 1) != 3 || PyArray_DIM(pixels, 2) != S || PyArray_DIM(pixels, 3) != S) {
+        PyErr_Format(PyExc_ValueError, "pixels must be (N, 3, %zd, %zd), got (%zd, %zd, %zd, %zd)", (Py_ssize_t)S,
+                     (Py_ssize_t)S, (Py_ssize_t)PyArray_DIM(pixels, 0), (Py_ssize_t)PyArray_DIM(pixels, 1),
+                     (Py_ssize_t)PyArray_DIM(pixels, 2), (Py_ssize_t)PyArray_DIM(pixels, 3));
+        goto done;
+    }
+    npy_intp N = PyArray_DIM(pixels, 0), dims[2] = {N, (npy_intp)mp_vit_output_dim(self->vit)};
+    if (!(out = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto done;
+    float *out_data = PyArray_DATA((PyArrayObject *)out);
+    const float *in = PyArray_DATA(pixels);
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_vit_encode(self->vit, out_data, in, N, precision);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    result = out;
+    out = NULL;
+done:
+    Py_XDECREF(pixels);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyMethodDef vit_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))vit_encode, METH_VARARGS | METH_KEYWORDS,
+     "encode(pixels, *, precision='fp32', num_threads=0) -> (N, E) float32."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot vit_slots[] = {
+    {Py_tp_doc, "Vit(config, tensors): a Vision Transformer image tower held by the C core."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, vit_init_py},
+    {Py_tp_dealloc, vit_dealloc},
+    {Py_tp_methods, vit_methods},
+    {0, NULL},
+};
+
+static PyType_Spec vit_spec = {
+    .name = "megapairs._core.Vit",
+    .basicsize = sizeof(VitObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = vit_slots,
+};
+
 /* ---------------------------------------------------------------- safetensors reader
  * Arrays returned by get() view the mapping and hold a reference to the reader, so the
  * mapping is released only when the reader and every view of it are gone. close() stops
@@ -583,6 +746,12 @@ static int core_exec(PyObject *module) {
     if (!MpFormatError) return -1;
     PyObject *reader_type = PyType_FromSpec(&reader_spec);
     if (!reader_type) return -1;
+    PyObject *vit_type = PyType_FromSpec(&vit_spec);
+    if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0) {
+        Py_XDECREF(vit_type);
+        Py_DECREF(reader_type);
+        return -1;
+    }
     if (PyModule_AddObjectRef(module, "Error", MpError) < 0 ||
         PyModule_AddObjectRef(module, "FormatError", MpFormatError) < 0 ||
         PyModule_AddObject(module, "SafetensorsReader", reader_type) < 0) {

@@ -1,0 +1,38 @@
+/* nn/layers.h: the transformer layers of the encoders, fp32, rows in parallel.
+ * Shapes: N rows of D features; B batch, T tokens, H heads, hd = D / H. Outputs are
+ * caller-owned; `out` may equal `in` where a comment says so. */
+#ifndef MP_NN_LAYERS_H
+#define MP_NN_LAYERS_H
+
+#include <stdint.h>
+
+// out = (in - mean) / sqrt(var + eps) * weight + bias per row (torch.nn.functional.layer_norm).
+// Statistics in double: rows of 1024 floats keep full fp32 accuracy. out may equal in.
+void layernorm_forward(float       *out,    // (N, D)
+                       const float *in,     // (N, D)
+                       const float *weight, // (D)
+                       const float *bias,   // (D)
+                       int64_t      N,
+                       int64_t      D,
+                       float        eps);
+
+// x += bias per row.
+void bias_forward(float *x, const float *bias, int64_t N, int64_t D); // x (N, D), bias (D)
+
+// In place: gelu (erf form, torch's default), or quick_gelu x * sigmoid(1.702 x) (OpenAI CLIP).
+void gelu_forward(float *x, int64_t n);
+void quick_gelu_forward(float *x, int64_t n);
+
+// x += scale * y per row (LayerScale residual when scale is given, plain residual when NULL).
+void residual_forward(float *x, const float *y, const float *scale, int64_t N, int64_t D);
+
+// Multi-head self-attention, no mask: out[b, t, h] = softmax(q k^T / sqrt(hd)) v for each head.
+// qkv rows hold q, k and v side by side. Scores are kept one query row at a time.
+void attention_forward(float       *out, // (B, T, D)
+                       const float *qkv, // (B, T, 3 * D)
+                       int64_t      B,
+                       int64_t      T,
+                       int64_t      D,
+                       int64_t      H);
+
+#endif
