@@ -67,30 +67,26 @@ static enum mp_status backend_error(const char *what, dnnl_status_t s) {
     return mp_error(MP_STATUS_BACKEND, "oneDNN %s failed (dnnl_status %d)", what, (int)s);
 }
 
-enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
-                            enum mp_precision precision) {
-    if (M < 0 || N < 0 || K < 0)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size M=%lld N=%lld K=%lld", (long long)M,
-                        (long long)N, (long long)K);
-    if (M > 0 && N > 0 && (M > INT64_MAX / N || (K > 0 && (M > INT64_MAX / K || N > INT64_MAX / K))))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: sizes M=%lld N=%lld K=%lld overflow", (long long)M,
-                        (long long)N, (long long)K);
-    if ((M > 0 && N > 0 && !out) || (M > 0 && K > 0 && !a) || (N > 0 && K > 0 && !b))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: NULL buffer");
+enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const float *a, const int64_t a_strides[4],
+                                 const float *b, const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M,
+                                 int64_t N, int64_t K, enum mp_precision precision) {
+    if (B0 < 0 || B1 < 0 || M < 0 || N < 0 || K < 0)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size %lld x %lld x (%lld, %lld, %lld)",
+                        (long long)B0, (long long)B1, (long long)M, (long long)N, (long long)K);
     if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: unknown precision %d", (int)precision);
-    if (M == 0 || N == 0) return MP_STATUS_OK;
+    if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return MP_STATUS_OK;
+    if (!out || (K > 0 && (!a || !b))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: NULL buffer");
     if (K == 0) { // oneDNN rejects zero-sized reductions; the empty sum is zero
-        for (int64_t i = 0; i < M * N; i++) out[i] = 0.0f;
+        for (int64_t i = 0; i < B0; i++)
+            for (int64_t j = 0; j < B1; j++)
+                for (int64_t m = 0; m < M; m++)
+                    for (int64_t n = 0; n < N; n++)
+                        out[i * out_strides[0] + j * out_strides[1] + m * out_strides[2] + n * out_strides[3]] = 0.0f;
         return MP_STATUS_OK;
     }
     enum mp_status status = engine_get();
     if (status != MP_STATUS_OK) return status;
-
-    // bf16: f32 buffers in and out; oneDNN rounds the inputs to bf16 inside the kernel
-    // (fpmath mode), which costs less than converting whole copies beforehand.
-    dnnl_data_type_t in_type = dnnl_f32;
-    const void *a_data = a, *b_data = b;
 
     dnnl_memory_desc_t a_md = NULL, b_md = NULL, out_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
@@ -101,14 +97,21 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
     dnnl_memory_t a_mem = NULL, b_mem = NULL, out_mem = NULL, scratch_mem = NULL;
     dnnl_status_t s;
     const char *what = "memory descriptor";
-    dnnl_dims_t a_dims = {M, K}, b_dims = {K, N}, out_dims = {M, N};
-    dnnl_dims_t b_strides = {1, K}; // b is (N, K) row-major, seen as its (K, N) transpose
-    if ((s = dnnl_memory_desc_create_with_tag(&a_md, 2, a_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_strides(&b_md, 2, b_dims, in_type, b_strides)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_tag(&out_md, 2, out_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    dnnl_dims_t a_dims = {B0, B1, M, K}, b_dims = {B0, B1, K, N}, out_dims = {B0, B1, M, N};
+    dnnl_dims_t as, bs, os;
+    for (int i = 0; i < 4; i++) {
+        as[i] = a_strides[i];
+        bs[i] = b_strides[i];
+        os[i] = out_strides[i];
+    }
+    if ((s = dnnl_memory_desc_create_with_strides(&a_md, 4, a_dims, dnnl_f32, as)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&b_md, 4, b_dims, dnnl_f32, bs)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&out_md, 4, out_dims, dnnl_f32, os)) != dnnl_success) goto done;
     what = "matmul primitive creation";
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
+    // bf16: f32 buffers in and out; oneDNN rounds the inputs to bf16 inside the kernel
+    // (fpmath mode), which costs less than converting whole copies beforehand.
     if (precision == MP_PRECISION_BF16 &&
         (s = dnnl_primitive_attr_set_fpmath_mode(attr, dnnl_fpmath_mode_bf16)) != dnnl_success)
         goto done;
@@ -122,8 +125,8 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
         goto done;
     }
     if ((s = dnnl_memory_create(&scratch_mem, scratch_md, engine, scratch)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_create(&a_mem, a_md, engine, (void *)a_data)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_create(&b_mem, b_md, engine, (void *)b_data)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&a_mem, a_md, engine, (void *)a)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&b_mem, b_md, engine, (void *)b)) != dnnl_success) goto done;
     if ((s = dnnl_memory_create(&out_mem, out_md, engine, out)) != dnnl_success) goto done;
     what = "matmul execution";
     if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
@@ -148,4 +151,18 @@ done:
     return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: %s ran out of memory", what)
            : s == dnnl_success     ? MP_STATUS_OK
                                    : backend_error(what, s);
+}
+
+enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
+                            enum mp_precision precision) {
+    if (M < 0 || N < 0 || K < 0)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size M=%lld N=%lld K=%lld", (long long)M,
+                        (long long)N, (long long)K);
+    if (M > 0 && N > 0 && (M > INT64_MAX / N || (K > 0 && (M > INT64_MAX / K || N > INT64_MAX / K))))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: sizes M=%lld N=%lld K=%lld overflow", (long long)M,
+                        (long long)N, (long long)K);
+    // b is (N, K) row-major, seen as its (K, N) transpose.
+    const int64_t out_strides[4] = {M * N, M * N, N, 1}, a_strides[4] = {M * K, M * K, K, 1},
+                  b_strides[4] = {N * K, N * K, 1, K};
+    return mp_matmul_strided(out, out_strides, a, a_strides, b, b_strides, 1, 1, M, N, K, precision);
 }

@@ -38,4 +38,20 @@ enum mp_status mp_matmul_nt(float            *out, // (M, N)
                             int64_t           K,
                             enum mp_precision precision);
 
+// A batch of B0 x B1 products out = a @ b of (M, K) by (K, N) matrices, each operand given by
+// element strides over (batch 0, batch 1, row, column): any layout, transposes included (a
+// transposed b is b's strides swapped). Used by attention to read heads in place.
+enum mp_status mp_matmul_strided(float            *out,  // (B0, B1, M, N) at out_strides
+                                 const int64_t     out_strides[4],
+                                 const float      *a,    // (B0, B1, M, K) at a_strides
+                                 const int64_t     a_strides[4],
+                                 const float      *b,    // (B0, B1, K, N) at b_strides
+                                 const int64_t     b_strides[4],
+                                 int64_t           B0,
+                                 int64_t           B1,
+                                 int64_t           M,
+                                 int64_t           N,
+                                 int64_t           K,
+                                 enum mp_precision precision);
+
 #endif

@@ -135,7 +135,8 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
 
     // Activations: one allocation, named views (llm.c style).
     size_t sizes[] = {(size_t)(N * P * K), (size_t)(N * P * D), (size_t)(BT * D), (size_t)(BT * D),
-                      (size_t)(BT * 3 * D), (size_t)(BT * D), (size_t)(BT * M), (size_t)(N * D)};
+                      (size_t)(BT * 3 * D), (size_t)(BT * D), (size_t)(BT * M), (size_t)(N * D),
+                      attention_scores_size(N, T, c->heads)};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
     float *arena = malloc(total * sizeof *arena);
@@ -143,6 +144,7 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
                                 (long long)N);
     float *cols = arena, *patches = cols + sizes[0], *x = patches + sizes[1], *h = x + sizes[2];
     float *qkv = h + sizes[3], *att = qkv + sizes[4], *mlp = att + sizes[5], *pooled = mlp + sizes[6];
+    float *scores = pooled + sizes[7];
     enum mp_status status;
 
     // Patch embedding (a stride-p convolution without bias) as one matmul.
@@ -162,7 +164,7 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
         const struct vit_layer *w = &vit->layers[l];
         layernorm_forward(h, x, w->ln1_w, w->ln1_b, BT, D, c->eps);
         if ((status = linear(qkv, h, w->qkv_w, w->qkv_b, BT, D, 3 * D, precision)) != MP_STATUS_OK) goto done;
-        attention_forward(att, qkv, N, T, D, c->heads);
+        if ((status = attention_forward(att, scores, qkv, N, T, D, c->heads, precision)) != MP_STATUS_OK) goto done;
         if ((status = linear(h, att, w->out_w, w->out_b, BT, D, D, precision)) != MP_STATUS_OK) goto done;
         residual_forward(x, h, NULL, BT, D);
         layernorm_forward(h, x, w->ln2_w, w->ln2_b, BT, D, c->eps);

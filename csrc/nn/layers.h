@@ -4,7 +4,11 @@
 #ifndef MP_NN_LAYERS_H
 #define MP_NN_LAYERS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "core/onednn.h"
+#include "core/status.h"
 
 // out = (in - mean) / sqrt(var + eps) * weight + bias per row (torch.nn.functional.layer_norm).
 // Statistics in double: rows of 1024 floats keep full fp32 accuracy. out may equal in.
@@ -27,12 +31,21 @@ void quick_gelu_forward(float *x, int64_t n);
 void residual_forward(float *x, const float *y, const float *scale, int64_t N, int64_t D);
 
 // Multi-head self-attention, no mask: out[b, t, h] = softmax(q k^T / sqrt(hd)) v for each head.
-// qkv rows hold q, k and v side by side. Scores are kept one query row at a time.
-void attention_forward(float       *out, // (B, T, D)
-                       const float *qkv, // (B, T, 3 * D)
-                       int64_t      B,
-                       int64_t      T,
-                       int64_t      D,
-                       int64_t      H);
+// qkv rows hold q, k and v side by side; heads are read in place by two strided batched
+// matmuls. Scores exist for a chunk of images at a time: `scores` holds
+// attention_scores_size(...) floats. Matmuls run at `precision`, softmax in fp32.
+enum mp_status attention_forward(float            *out,    // (B, T, D)
+                                 float            *scores, // attention_scores_size(B, T, H)
+                                 const float      *qkv,    // (B, T, 3 * D)
+                                 int64_t           B,
+                                 int64_t           T,
+                                 int64_t           D,
+                                 int64_t           H,
+                                 enum mp_precision precision);
+
+size_t attention_scores_size(int64_t B, int64_t T, int64_t H);
+
+// Naive reference of attention_forward (scalar loops, scores one row at a time), for tests.
+void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T, int64_t D, int64_t H);
 
 #endif
