@@ -18,7 +18,7 @@ CC := gcc
 CORE_SRC := $(sort $(shell find csrc -name '*.c' -not -path 'csrc/python/*'))
 CORE_HDR := $(sort $(shell find csrc -name '*.h'))
 C_TESTS := $(sort $(wildcard tests/c/test_*.c))
-C_FLAGS := -std=c11 -g -Wall -Wextra -Werror -fopenmp -Icsrc -Itests/c -I$(ONEDNN_ROOT)/include
+C_FLAGS := -std=c11 -g -fno-trapping-math -Wall -Wextra -Werror -fopenmp -Icsrc -Itests/c -I$(ONEDNN_ROOT)/include
 C_LIBS := -L$(ONEDNN_ROOT)/lib -Wl,-rpath,$(ONEDNN_ROOT)/lib -ldnnl -lturbojpeg -lm -fopenmp
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 

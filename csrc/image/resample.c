@@ -1,5 +1,7 @@
 #include "image/resample.h"
 
+#include "core/simd.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,11 +98,6 @@ static inline uint8_t clip8(int32_t acc) {
  * Accumulation is in uint32_t: partial sums may leave the int32 range in another order
  * than Pillow's, and unsigned arithmetic wraps where signed would be undefined; the final
  * sum is always within int32. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define MP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MP_CLONES
-#endif
 
 #define ROW_BLOCK 16 // input rows filtered together, one per vector lane
 

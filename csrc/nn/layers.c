@@ -1,5 +1,7 @@
 #include "nn/layers.h"
 
+#include "core/simd.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -9,6 +11,8 @@
  * exponent bits. Inputs are <= 0 here (softmax after subtracting the max, sigmoid of
  * -|z|); below -87.3 the result is 0 (e^-87.3 is the smallest normal float). */
 static inline float exp_nonpositive(float x) {
+    float keep = (float)(x >= -87.3f); // 0 for the range that underflows, 1 elsewhere
+    x = x < -87.3f ? -87.3f : x;
     float t = x * 1.44269504088896341f + 0.5f;
     int32_t i = (int32_t)t;
     i -= (float)i > t; // floor for negative t
@@ -24,7 +28,7 @@ static inline float exp_nonpositive(float x) {
     int32_t bits = (i + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return x < -87.3f ? 0.0f : y * scale;
+    return y * scale * keep;
 }
 
 void layernorm_forward(float *out, const float *in, const float *weight, const float *bias, int64_t N, int64_t D,
@@ -54,15 +58,20 @@ void gelu_forward(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
-void quick_gelu_forward(float *x, int64_t n) {
-    // x * sigmoid(1.702 x), with the exponential of -|z| only, so it never overflows.
-#pragma omp parallel for simd schedule(static)
+// x * sigmoid(1.702 x), with the exponential of -|z| only, so it never overflows.
+MP_CLONES static void quick_gelu_span(float *x, int64_t n) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) {
         float z = 1.702f * x[i];
         float e = exp_nonpositive(-fabsf(z));
-        float sigmoid = z >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-        x[i] *= sigmoid;
+        x[i] *= (z >= 0.0f ? 1.0f : e) / (1.0f + e); // sigmoid(z), one division
     }
+}
+
+void quick_gelu_forward(float *x, int64_t n) {
+    enum { SPAN = 4096 };
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i += SPAN) quick_gelu_span(x + i, n - i < SPAN ? n - i : SPAN);
 }
 
 void residual_forward(float *x, const float *y, const float *scale, int64_t N, int64_t D) {
@@ -82,20 +91,23 @@ size_t attention_scores_size(int64_t B, int64_t T, int64_t H) {
     return (size_t)(images_per_chunk(B, T, H) * H * T * T);
 }
 
-// Row-wise softmax(scale * s) in place.
+// softmax(scale * row) in place.
+MP_CLONES static void softmax_row(float *row, int64_t T, float scale) {
+    float max = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : max)
+    for (int64_t j = 0; j < T; j++) max = row[j] > max ? row[j] : max;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < T; j++) {
+        row[j] = exp_nonpositive((row[j] - max) * scale);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < T; j++) row[j] *= inv;
+}
+
 static void softmax_rows(float *s, int64_t rows, int64_t T, float scale) {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = s + r * T, max = -INFINITY, sum = 0.0f;
-        for (int64_t j = 0; j < T; j++) max = row[j] > max ? row[j] : max;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < T; j++) {
-            row[j] = exp_nonpositive((row[j] - max) * scale);
-            sum += row[j];
-        }
-        float inv = 1.0f / sum;
-        for (int64_t j = 0; j < T; j++) row[j] *= inv;
-    }
+    for (int64_t r = 0; r < rows; r++) softmax_row(s + r * T, T, scale);
 }
 
 enum mp_status attention_forward(float *out, float *scores, const float *qkv, int64_t B, int64_t T, int64_t D,
