@@ -1,0 +1,124 @@
+/* test_nn.c: the transformer layers against double-precision references written out
+ * plainly here: layernorm, activations, attention (also against its naive twin) and the
+ * strided batched matmul. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "megapairs.h"
+#include "nn/layers.h"
+
+static float *random_floats(int64_t n, unsigned *seed, float scale) {
+    float *x = malloc((size_t)n * sizeof *x);
+    for (int64_t i = 0; i < n; i++) x[i] = scale * ((float)rand_r(seed) / (float)RAND_MAX * 2.0f - 1.0f);
+    return x;
+}
+
+static void test_layernorm(void) {
+    unsigned seed = 1;
+    const int64_t shapes[][2] = {{1, 1}, {3, 7}, {17, 768}, {5, 1024}};
+    for (int s = 0; s < 4; s++) {
+        int64_t N = shapes[s][0], D = shapes[s][1];
+        float *x = random_floats(N * D, &seed, 3.0f), *w = random_floats(D, &seed, 1.0f);
+        float *b = random_floats(D, &seed, 1.0f), *out = malloc((size_t)(N * D) * sizeof *out);
+        float *want = malloc((size_t)(N * D) * sizeof *want);
+        for (int64_t n = 0; n < N; n++) { // torch.nn.functional.layer_norm, biased variance
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < D; i++) mean += x[n * D + i];
+            mean /= D;
+            for (int64_t i = 0; i < D; i++) var += (x[n * D + i] - mean) * (x[n * D + i] - mean);
+            var /= D;
+            for (int64_t i = 0; i < D; i++)
+                want[n * D + i] = (float)((x[n * D + i] - mean) / sqrt(var + 1e-5) * w[i] + b[i]);
+        }
+        layernorm_forward(out, x, w, b, N, D, 1e-5f);
+        char label[64];
+        snprintf(label, sizeof label, "layernorm %lldx%lld", (long long)N, (long long)D);
+        check_close(out, want, N * D, 2e-5f, label);
+        free(x), free(w), free(b), free(out), free(want);
+    }
+}
+
+static void test_activations(void) {
+    enum { N = 4099 }; // not a multiple of any vector width
+    float x[N], y[N], want[N];
+    for (int i = 0; i < N; i++) x[i] = -60.0f + 120.0f * (float)i / (N - 1);
+    for (int i = 0; i < N; i++) y[i] = x[i], want[i] = (float)(x[i] / (1.0 + exp(-1.702 * (double)x[i])));
+    quick_gelu_forward(y, N);
+    check_close(y, want, N, 2e-6f, "quick_gelu over [-60, 60]");
+    for (int i = 0; i < N; i++) y[i] = x[i], want[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0))));
+    gelu_forward(y, N);
+    check_close(y, want, N, 2e-6f, "gelu over [-60, 60]");
+}
+
+// Attention against a double reference and against attention_forward_naive.
+static void test_attention(void) {
+    const int64_t cases[][4] = {{1, 1, 4, 1}, {2, 5, 12, 3}, {3, 17, 60, 4}, {2, 197, 64, 4}}; // B, T, D, H
+    unsigned seed = 7;
+    for (int c = 0; c < 4; c++) {
+        int64_t B = cases[c][0], T = cases[c][1], D = cases[c][2], H = cases[c][3], hd = D / H;
+        float *qkv = random_floats(B * T * 3 * D, &seed, 2.0f);
+        float *out = malloc((size_t)(B * T * D) * sizeof *out), *naive = malloc((size_t)(B * T * D) * sizeof *naive);
+        float *want = malloc((size_t)(B * T * D) * sizeof *want);
+        float *scores = malloc(attention_scores_size(B, T, H) * sizeof *scores);
+        double *p = malloc((size_t)T * sizeof *p);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t i = 0; i < T; i++) {
+                    const float *q = qkv + (b * T + i) * 3 * D + h * hd;
+                    double max = -INFINITY, sum = 0;
+                    for (int64_t j = 0; j < T; j++) {
+                        const float *k = qkv + (b * T + j) * 3 * D + D + h * hd;
+                        double s = 0;
+                        for (int64_t d = 0; d < hd; d++) s += (double)q[d] * k[d];
+                        p[j] = s / sqrt((double)hd);
+                        max = p[j] > max ? p[j] : max;
+                    }
+                    for (int64_t j = 0; j < T; j++) sum += (p[j] = exp(p[j] - max));
+                    for (int64_t d = 0; d < hd; d++) {
+                        double o = 0;
+                        for (int64_t j = 0; j < T; j++) o += p[j] / sum * qkv[(b * T + j) * 3 * D + 2 * D + h * hd + d];
+                        want[(b * T + i) * D + h * hd + d] = (float)o;
+                    }
+                }
+        enum mp_status s = attention_forward(out, scores, qkv, B, T, D, H, MP_PRECISION_FP32);
+        char label[96];
+        snprintf(label, sizeof label, "attention B=%lld T=%lld D=%lld H=%lld", (long long)B, (long long)T, (long long)D,
+                 (long long)H);
+        if (CHECK(s == MP_STATUS_OK, "%s: %s", label, mp_last_error())) check_close(out, want, B * T * D, 1e-5f, label);
+        attention_forward_naive(naive, qkv, B, T, D, H);
+        check_close(naive, want, B * T * D, 1e-5f, "attention_forward_naive");
+        free(qkv), free(out), free(naive), free(want), free(scores), free(p);
+    }
+}
+
+static void test_matmul_strided(void) {
+    // A batch of 2 x 3 products with b given transposed by its strides: out = a @ b^T.
+    enum { B0 = 2, B1 = 3, M = 5, N = 4, K = 7 };
+    unsigned seed = 3;
+    float *a = random_floats(B0 * B1 * M * K, &seed, 1.0f), *b = random_floats(B0 * B1 * N * K, &seed, 1.0f);
+    float out[B0 * B1 * M * N], want[B0 * B1 * M * N];
+    for (int i = 0; i < B0 * B1; i++)
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                double s = 0;
+                for (int k = 0; k < K; k++) s += (double)a[(i * M + m) * K + k] * b[(i * N + n) * K + k];
+                want[(i * M + m) * N + n] = (float)s;
+            }
+    const int64_t os[4] = {B1 * M * N, M * N, N, 1}, as[4] = {B1 * M * K, M * K, K, 1}, bs[4] = {B1 * N * K, N * K, 1, K};
+    enum mp_status s = mp_matmul_strided(out, os, a, as, b, bs, B0, B1, M, N, K, MP_PRECISION_FP32);
+    if (CHECK(s == MP_STATUS_OK, "matmul_strided: %s", mp_last_error()))
+        check_close(out, want, B0 * B1 * M * N, 1e-5f, "matmul_strided 2x3 batch, transposed b");
+    CHECK(mp_matmul_strided(out, os, a, as, b, bs, -1, B1, M, N, K, MP_PRECISION_FP32) == MP_STATUS_INVALID_ARGUMENT,
+          "negative batch");
+    free(a), free(b);
+}
+
+int main(void) {
+    test_layernorm();
+    test_activations();
+    test_attention();
+    test_matmul_strided();
+    return check_summary("test_nn");
+}
