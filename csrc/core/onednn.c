@@ -1,8 +1,10 @@
 #include "core/onednn.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <threads.h>
 
+#include "core/dtype.h"
 #include "oneapi/dnnl/dnnl.h"
 
 /* The engine is shared. Streams and scratchpads are made per call (both are cheap on the
@@ -165,4 +167,205 @@ enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t 
     const int64_t out_strides[4] = {M * N, M * N, N, 1}, a_strides[4] = {M * K, M * K, K, 1},
                   b_strides[4] = {N * K, N * K, 1, K};
     return mp_matmul_strided(out, out_strides, a, a_strides, b, b_strides, 1, 1, M, N, K, precision);
+}
+
+/* ---------------------------------------------------------------- packed linear layers */
+
+struct mp_linear {
+    int64_t N, K;
+    enum mp_precision precision;
+    enum mp_activation_op activation;
+    int accumulate;
+    const float *weight;     // (N, K), the caller's, packed from on (re)planning
+    dnnl_memory_t bias_mem;  // (1, N) f32 over the caller's bias, or NULL
+    const float *bias;
+    // Plan for the last M: primitive, packed weights, scratchpad size.
+    int64_t M;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t packed_md; // owned clone of the weights md the primitive wants
+    dnnl_memory_t packed;
+    void *packed_buf;
+    size_t scratch_bytes;
+    uint16_t *src_bf16; // per-call bf16 copy of x
+    int64_t src_cap;
+};
+
+void mp_linear_free(struct mp_linear *l) {
+    if (!l) return;
+    dnnl_primitive_destroy(l->prim);
+    dnnl_memory_destroy(l->packed);
+    dnnl_memory_desc_destroy(l->packed_md);
+    dnnl_memory_destroy(l->bias_mem);
+    free(l->packed_buf);
+    free(l->src_bf16);
+    free(l);
+}
+
+enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const float *bias, int64_t N, int64_t K,
+                              enum mp_precision precision, enum mp_activation_op activation, int accumulate) {
+    if (!out || !weight || N <= 0 || K <= 0 || (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16) ||
+        activation < MP_OP_NONE || activation > MP_OP_QUICK_GELU)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_init: bad arguments");
+    *out = NULL;
+    enum mp_status status = engine_get();
+    if (status != MP_STATUS_OK) return status;
+    struct mp_linear *l = calloc(1, sizeof *l);
+    if (!l) return mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_init: out of memory");
+    l->weight = weight, l->bias = bias;
+    l->N = N, l->K = K, l->precision = precision, l->activation = activation, l->accumulate = accumulate;
+    if (bias) {
+        dnnl_memory_desc_t md;
+        dnnl_dims_t dims = {1, N};
+        if (dnnl_memory_desc_create_with_tag(&md, 2, dims, dnnl_f32, dnnl_ab) != dnnl_success ||
+            dnnl_memory_create(&l->bias_mem, md, engine, (void *)l->bias) != dnnl_success) {
+            dnnl_memory_desc_destroy(md);
+            mp_linear_free(l);
+            return backend_error("bias memory", dnnl_runtime_error);
+        }
+        dnnl_memory_desc_destroy(md);
+    }
+    *out = l;
+    return MP_STATUS_OK;
+}
+
+// (Re)plans for M rows: primitive, and weights packed in the layout it asks for.
+static enum mp_status linear_plan(struct mp_linear *l, int64_t M) {
+    dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src_md = NULL, wei_any = NULL, dst_md = NULL, bias_md = NULL, user_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t ops = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL, reorder = NULL;
+    dnnl_primitive_desc_t reorder_pd = NULL;
+    dnnl_memory_t user_mem = NULL, packed = NULL;
+    dnnl_memory_desc_t packed_md = NULL;
+    dnnl_stream_t stream = NULL;
+    void *packed_buf = NULL;
+    dnnl_status_t s;
+    const char *what = "linear planning";
+    dnnl_dims_t src_dims = {M, l->K}, wei_dims = {l->K, l->N}, dst_dims = {M, l->N}, bias_dims = {1, l->N};
+    dnnl_dims_t user_strides = {1, l->K}; // W (N, K) row-major seen as (K, N)
+    if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&wei_any, 2, wei_dims, in_type, dnnl_format_tag_any)) != dnnl_success)
+        goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    if (l->bias && (s = dnnl_memory_desc_create_with_tag(&bias_md, 2, bias_dims, dnnl_f32, dnnl_ab)) != dnnl_success)
+        goto done;
+    if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
+    if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
+    if ((s = dnnl_post_ops_create(&ops)) != dnnl_success) goto done;
+    if (l->activation == MP_OP_GELU && (s = dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_gelu_erf, 0.0f, 0.0f)))
+        goto done;
+    if (l->activation == MP_OP_QUICK_GELU && // x * sigmoid(1.702 x) is swish with alpha 1.702
+        (s = dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_swish, 1.702f, 0.0f)) != dnnl_success)
+        goto done;
+    if (l->accumulate && (s = dnnl_post_ops_append_sum(ops, 1.0f, 0, dnnl_data_type_undef)) != dnnl_success) goto done;
+    if ((s = dnnl_primitive_attr_set_post_ops(attr, ops)) != dnnl_success) goto done;
+    if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, src_md, wei_any, bias_md, dst_md, attr)) != dnnl_success)
+        goto done;
+    if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
+    const_dnnl_memory_desc_t want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const_dnnl_memory_desc_t scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    l->scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
+    if (!l->packed_md || !dnnl_memory_desc_equal(l->packed_md, want)) { // pack (or repack) the weights
+        what = "weight packing";
+        if ((s = dnnl_memory_desc_clone(&packed_md, want)) != dnnl_success) goto done;
+        size_t bytes = dnnl_memory_desc_get_size(want);
+        if (!(packed_buf = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
+            s = dnnl_out_of_memory;
+            goto done;
+        }
+        if ((s = dnnl_memory_create(&packed, want, engine, packed_buf)) != dnnl_success) goto done;
+        if ((s = dnnl_memory_desc_create_with_strides(&user_md, 2, wei_dims, dnnl_f32, user_strides)) != dnnl_success)
+            goto done;
+        if ((s = dnnl_memory_create(&user_mem, user_md, engine, (void *)l->weight)) != dnnl_success) goto done;
+        if ((s = dnnl_reorder_primitive_desc_create(&reorder_pd, user_md, engine, want, engine, NULL)) != dnnl_success)
+            goto done;
+        if ((s = dnnl_primitive_create(&reorder, reorder_pd)) != dnnl_success) goto done;
+        if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, packed}};
+        if ((s = dnnl_primitive_execute(reorder, stream, 2, args)) != dnnl_success) goto done;
+        if ((s = dnnl_stream_wait(stream)) != dnnl_success) goto done;
+        dnnl_memory_destroy(l->packed);
+        dnnl_memory_desc_destroy(l->packed_md);
+        free(l->packed_buf);
+        l->packed = packed, l->packed_md = packed_md, l->packed_buf = packed_buf;
+        packed = NULL, packed_md = NULL, packed_buf = NULL;
+    }
+    dnnl_primitive_destroy(l->prim);
+    l->prim = prim, l->M = M;
+    prim = NULL;
+done:
+    dnnl_stream_destroy(stream);
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(reorder_pd);
+    dnnl_memory_destroy(user_mem);
+    dnnl_memory_destroy(packed);
+    dnnl_memory_desc_destroy(packed_md);
+    free(packed_buf);
+    dnnl_primitive_destroy(prim);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_post_ops_destroy(ops);
+    dnnl_primitive_attr_destroy(attr);
+    dnnl_memory_desc_destroy(user_md);
+    dnnl_memory_desc_destroy(bias_md);
+    dnnl_memory_desc_destroy(dst_md);
+    dnnl_memory_desc_destroy(wei_any);
+    dnnl_memory_desc_destroy(src_md);
+    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "%s ran out of memory", what)
+           : s == dnnl_success     ? MP_STATUS_OK
+                                   : backend_error(what, s);
+}
+
+enum mp_status mp_linear_forward(struct mp_linear *l, float *out, const float *in, int64_t M) {
+    if (!l || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: bad arguments");
+    if (M == 0) return MP_STATUS_OK;
+    enum mp_status status = MP_STATUS_OK;
+    if (l->M != M && (status = linear_plan(l, M)) != MP_STATUS_OK) return status;
+    const void *src = in;
+    if (l->precision == MP_PRECISION_BF16) { // AMX takes bf16 inputs: round x once per call
+        if (M * l->K > l->src_cap) {
+            uint16_t *grown = realloc(l->src_bf16, (size_t)(M * l->K) * sizeof *grown);
+            if (!grown) return mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_forward: bf16 input buffer");
+            l->src_bf16 = grown, l->src_cap = M * l->K;
+        }
+        mp_dtype_convert(l->src_bf16, MP_DTYPE_BF16, in, MP_DTYPE_F32, M * l->K);
+        src = l->src_bf16;
+    }
+    dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src_md = NULL, dst_md = NULL;
+    dnnl_memory_t src_mem = NULL, dst_mem = NULL, scratch_mem = NULL;
+    dnnl_stream_t stream = NULL;
+    void *scratch = NULL;
+    dnnl_status_t s;
+    dnnl_dims_t src_dims = {M, l->K}, dst_dims = {M, l->N};
+    const_dnnl_memory_desc_t scratch_md = NULL;
+    if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&src_mem, src_md, engine, (void *)src)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&dst_mem, dst_md, engine, out)) != dnnl_success) goto done;
+    if (l->scratch_bytes && !(scratch = aligned_alloc(64, (l->scratch_bytes + 63) / 64 * 64))) {
+        s = dnnl_out_of_memory;
+        goto done;
+    }
+    const_dnnl_primitive_desc_t pd;
+    if ((s = dnnl_primitive_get_primitive_desc(l->prim, &pd)) != dnnl_success) goto done;
+    scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if ((s = dnnl_memory_create(&scratch_mem, scratch_md, engine, scratch)) != dnnl_success) goto done;
+    if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, l->packed}, {DNNL_ARG_DST, dst_mem},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}, {DNNL_ARG_BIAS, l->bias_mem}};
+    if ((s = dnnl_primitive_execute(l->prim, stream, l->bias_mem ? 5 : 4, args)) != dnnl_success) goto done;
+    s = dnnl_stream_wait(stream);
+done:
+    dnnl_stream_destroy(stream);
+    dnnl_memory_destroy(scratch_mem);
+    dnnl_memory_destroy(dst_mem);
+    dnnl_memory_destroy(src_mem);
+    dnnl_memory_desc_destroy(dst_md);
+    dnnl_memory_desc_destroy(src_md);
+    free(scratch);
+    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_forward ran out of memory")
+           : s == dnnl_success     ? MP_STATUS_OK
+                                   : backend_error("linear execution", s);
 }

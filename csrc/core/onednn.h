@@ -54,4 +54,30 @@ enum mp_status mp_matmul_strided(float            *out,  // (B0, B1, M, N) at ou
                                  int64_t           K,
                                  enum mp_precision precision);
 
+/* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
+ * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to
+ * bf16 per call and accumulation stays fp32). The primitive for the last row count M is
+ * kept. Optional fused epilogue: an activation, and/or adding the result to `out` (the
+ * residual stream). `weight` and `bias` are the caller's and must outlive the layer. Not
+ * safe for two threads at once. */
+enum mp_activation_op { MP_OP_NONE = 0, MP_OP_GELU, MP_OP_QUICK_GELU };
+
+struct mp_linear;
+
+enum mp_status mp_linear_init(struct mp_linear    **linear,
+                              const float          *weight, // (N, K)
+                              const float          *bias,   // (N) or NULL
+                              int64_t               N,
+                              int64_t               K,
+                              enum mp_precision     precision,
+                              enum mp_activation_op activation,
+                              int                   accumulate); // out += x @ W^T + b
+
+enum mp_status mp_linear_forward(struct mp_linear *linear,
+                                 float            *out, // (M, N)
+                                 const float      *in,  // (M, K)
+                                 int64_t           M);
+
+void mp_linear_free(struct mp_linear *linear);
+
 #endif

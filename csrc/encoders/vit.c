@@ -9,8 +9,15 @@ struct vit_layer {
     const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
 };
 
+// The linear layers of one precision, packed for oneDNN on first use.
+struct vit_linears {
+    struct mp_linear *patch, *proj;
+    struct mp_linear **qkv, **out, **fc1, **fc2; // per layer
+};
+
 struct mp_vit {
     struct mp_vit_config c;
+    struct vit_linears linears[2]; // by enum mp_precision
     float *params; // every weight, one allocation, in canonical order
     const float *class_emb, *patch_w, *pos, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b, *proj;
     struct vit_layer *layers;
@@ -91,8 +98,54 @@ enum mp_status mp_vit_init(struct mp_vit **out, const struct mp_vit_config *c, c
     return MP_STATUS_OK;
 }
 
+static void linears_free(struct vit_linears *ls, int64_t layers) {
+    mp_linear_free(ls->patch);
+    mp_linear_free(ls->proj);
+    for (int64_t l = 0; ls->qkv && l < layers; l++) {
+        mp_linear_free(ls->qkv[l]);
+        mp_linear_free(ls->out[l]);
+        mp_linear_free(ls->fc1[l]);
+        mp_linear_free(ls->fc2[l]);
+    }
+    free(ls->qkv), free(ls->out), free(ls->fc1), free(ls->fc2);
+    memset(ls, 0, sizeof *ls);
+}
+
+// Creates the linear layers for `precision`: bias, activation and residual fused.
+static enum mp_status linears_init(struct mp_vit *vit, enum mp_precision precision) {
+    struct vit_linears *ls = &vit->linears[precision];
+    if (ls->patch) return MP_STATUS_OK;
+    const struct mp_vit_config *c = &vit->c;
+    int64_t D = c->width, M = c->mlp, L = c->layers;
+    enum mp_activation_op act = c->activation == MP_ACTIVATION_QUICK_GELU ? MP_OP_QUICK_GELU : MP_OP_GELU;
+    enum mp_status s;
+    if (!(ls->qkv = calloc((size_t)L, sizeof *ls->qkv)) || !(ls->out = calloc((size_t)L, sizeof *ls->out)) ||
+        !(ls->fc1 = calloc((size_t)L, sizeof *ls->fc1)) || !(ls->fc2 = calloc((size_t)L, sizeof *ls->fc2))) {
+        s = mp_error(MP_STATUS_OUT_OF_MEMORY, "vit: cannot allocate layer tables");
+        goto fail;
+    }
+    int64_t p = c->patch_size;
+    if ((s = mp_linear_init(&ls->patch, vit->patch_w, NULL, D, 3 * p * p, precision, MP_OP_NONE, 0)) ||
+        (s = mp_linear_init(&ls->proj, vit->proj, NULL, c->projection, D, precision, MP_OP_NONE, 0)))
+        goto fail;
+    for (int64_t l = 0; l < L; l++) {
+        const struct vit_layer *w = &vit->layers[l];
+        if ((s = mp_linear_init(&ls->qkv[l], w->qkv_w, w->qkv_b, 3 * D, D, precision, MP_OP_NONE, 0)) ||
+            (s = mp_linear_init(&ls->out[l], w->out_w, w->out_b, D, D, precision, MP_OP_NONE, 1)) ||
+            (s = mp_linear_init(&ls->fc1[l], w->fc1_w, w->fc1_b, M, D, precision, act, 0)) ||
+            (s = mp_linear_init(&ls->fc2[l], w->fc2_w, w->fc2_b, D, M, precision, MP_OP_NONE, 1)))
+            goto fail;
+    }
+    return MP_STATUS_OK;
+fail:
+    linears_free(ls, L);
+    return s;
+}
+
 void mp_vit_free(struct mp_vit *vit) {
     if (!vit) return;
+    linears_free(&vit->linears[0], vit->c.layers);
+    linears_free(&vit->linears[1], vit->c.layers);
     free(vit->layers);
     free(vit->params);
     free(vit);
@@ -114,14 +167,6 @@ static void im2col(float *cols, const float *pixels, int64_t N, int64_t S, int64
                     memcpy(row + (c * p + ky) * p, pixels + ((n * 3 + c) * S + gy * p + ky) * S + gx * p,
                            (size_t)p * sizeof *row);
         }
-}
-
-// out = in @ w^T + bias: the linear layer (torch.nn.Linear) through the oneDNN door.
-static enum mp_status linear(float *out, const float *in, const float *w, const float *bias, int64_t N, int64_t in_f,
-                             int64_t out_f, enum mp_precision precision) {
-    enum mp_status status = mp_matmul_nt(out, in, w, N, out_f, in_f, precision);
-    if (status == MP_STATUS_OK && bias) bias_forward(out, bias, N, out_f);
-    return status;
 }
 
 enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float *pixels, int64_t N,
@@ -147,9 +192,12 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
     float *scores = pooled + sizes[7];
     enum mp_status status;
 
+    if ((status = linears_init(vit, precision)) != MP_STATUS_OK) goto done;
+    const struct vit_linears *ls = &vit->linears[precision];
+
     // Patch embedding (a stride-p convolution without bias) as one matmul.
     im2col(cols, pixels, N, c->image_size, p);
-    if ((status = linear(patches, cols, vit->patch_w, NULL, N * P, K, D, precision)) != MP_STATUS_OK) goto done;
+    if ((status = mp_linear_forward(ls->patch, patches, cols, N * P)) != MP_STATUS_OK) goto done;
     // Tokens: class embedding, then the patches; plus position embeddings; then pre-LayerNorm.
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < N; n++)
@@ -163,22 +211,18 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
     for (int64_t l = 0; l < c->layers; l++) {
         const struct vit_layer *w = &vit->layers[l];
         layernorm_forward(h, x, w->ln1_w, w->ln1_b, BT, D, c->eps);
-        if ((status = linear(qkv, h, w->qkv_w, w->qkv_b, BT, D, 3 * D, precision)) != MP_STATUS_OK) goto done;
+        if ((status = mp_linear_forward(ls->qkv[l], qkv, h, BT)) != MP_STATUS_OK) goto done;
         if ((status = attention_forward(att, scores, qkv, N, T, D, c->heads, precision)) != MP_STATUS_OK) goto done;
-        if ((status = linear(h, att, w->out_w, w->out_b, BT, D, D, precision)) != MP_STATUS_OK) goto done;
-        residual_forward(x, h, NULL, BT, D);
+        if ((status = mp_linear_forward(ls->out[l], x, att, BT)) != MP_STATUS_OK) goto done; // x += attn @ Wo^T + bo
         layernorm_forward(h, x, w->ln2_w, w->ln2_b, BT, D, c->eps);
-        if ((status = linear(mlp, h, w->fc1_w, w->fc1_b, BT, D, M, precision)) != MP_STATUS_OK) goto done;
-        if (c->activation == MP_ACTIVATION_QUICK_GELU) quick_gelu_forward(mlp, BT * M);
-        else gelu_forward(mlp, BT * M);
-        if ((status = linear(h, mlp, w->fc2_w, w->fc2_b, BT, M, D, precision)) != MP_STATUS_OK) goto done;
-        residual_forward(x, h, NULL, BT, D);
+        if ((status = mp_linear_forward(ls->fc1[l], mlp, h, BT)) != MP_STATUS_OK) goto done;  // act(h @ W1^T + b1)
+        if ((status = mp_linear_forward(ls->fc2[l], x, mlp, BT)) != MP_STATUS_OK) goto done;  // x += mlp @ W2^T + b2
     }
 
     // Pooled output: the class token after post-LayerNorm, then the visual projection.
     for (int64_t n = 0; n < N; n++) memcpy(pooled + n * D, x + n * T * D, (size_t)D * sizeof *pooled);
     layernorm_forward(pooled, pooled, vit->post_ln_w, vit->post_ln_b, N, D, c->eps);
-    status = linear(embeddings, pooled, vit->proj, NULL, N, D, c->projection, precision);
+    status = mp_linear_forward(ls->proj, embeddings, pooled, N);
 done:
     free(arena);
     return status;

@@ -115,7 +115,53 @@ static void test_matmul_strided(void) {
     free(a), free(b);
 }
 
+// mp_linear: packed weights, fused bias + activation + accumulate, replanning for a new M.
+static void test_linear(void) {
+    enum { N = 37, K = 50 };
+    unsigned seed = 11;
+    float *w = random_floats(N * K, &seed, 0.3f), *bias = random_floats(N, &seed, 1.0f);
+    const int64_t rows[] = {5, 64, 5};
+    const char *names[] = {"none", "gelu", "quick_gelu"};
+    for (int op = 0; op < 3; op++)
+        for (int acc = 0; acc < 2; acc++)
+            for (int prec = 0; prec < 2; prec++) {
+                struct mp_linear *lin = NULL;
+                enum mp_status s = mp_linear_init(&lin, w, bias, N, K, (enum mp_precision)prec, (enum mp_activation_op)op, acc);
+                if (!CHECK(s == MP_STATUS_OK, "linear_init: %s", mp_last_error())) continue;
+                for (int r = 0; r < 3; r++) {
+                    int64_t M = rows[r];
+                    float *x = random_floats(M * K, &seed, 1.0f), *out = random_floats(M * N, &seed, 1.0f);
+                    float *want = malloc((size_t)(M * N) * sizeof *want);
+                    for (int64_t m = 0; m < M; m++)
+                        for (int64_t n = 0; n < N; n++) {
+                            double y = bias[n];
+                            for (int64_t k = 0; k < K; k++) {
+                                float a = x[m * K + k], b = w[n * K + k];
+                                if (prec) a = mp_bf16_to_f32(mp_f32_to_bf16(a)), b = mp_bf16_to_f32(mp_f32_to_bf16(b));
+                                y += (double)a * b;
+                            }
+                            if (op == 1) y = 0.5 * y * (1.0 + erf(y / sqrt(2.0)));
+                            if (op == 2) y = y / (1.0 + exp(-1.702 * y));
+                            want[m * N + n] = (float)(acc ? out[m * N + n] + y : y);
+                        }
+                    s = mp_linear_forward(lin, out, x, M);
+                    char label[96];
+                    snprintf(label, sizeof label, "linear %s%s %s M=%lld", names[op], acc ? " +=" : "",
+                             prec ? "bf16" : "fp32", (long long)M);
+                    if (CHECK(s == MP_STATUS_OK, "%s: %s", label, mp_last_error()))
+                        check_close(out, want, M * N, 2e-5f, label);
+                    free(x), free(out), free(want);
+                }
+                mp_linear_free(lin);
+            }
+    struct mp_linear *lin = NULL;
+    CHECK(mp_linear_init(&lin, w, bias, 0, K, MP_PRECISION_FP32, MP_OP_NONE, 0) == MP_STATUS_INVALID_ARGUMENT,
+          "linear_init with N = 0");
+    free(w), free(bias);
+}
+
 int main(void) {
+    test_linear();
     test_layernorm();
     test_activations();
     test_attention();
