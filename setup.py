@@ -51,7 +51,7 @@ core = Extension(
     include_dirs=["csrc", dnnl_include, numpy.get_include()],
     library_dirs=[dnnl_lib],
     libraries=["dnnl"],
-    # No -march=native: oneDNN picks kernels for the CPU at run time, and wheels must run anywhere.
+    # No host-specific -march: oneDNN picks kernels for the CPU at run time, and wheels must run anywhere.
     # -fno-trapping-math: nothing reads floating-point exception flags, and it lets GCC
     # vectorise loops with selects (softmax, activations).
     extra_compile_args=["-std=c11", "-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wextra", "-fvisibility=hidden"]

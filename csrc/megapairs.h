@@ -4,7 +4,7 @@
  *
  *     struct mp_safetensors *st;
  *     if (mp_safetensors_open(&st, "model.safetensors") != MP_STATUS_OK) {
- *         fprintf(stderr, "megapairs: %s\n", mp_last_error());
+ *         log_failure(mp_last_error());  // the message says what failed and why
  *         return 1;
  *     }
  *     const struct mp_tensor *w = mp_safetensors_find(st, "visual.proj");   // (D, E)

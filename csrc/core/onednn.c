@@ -65,7 +65,10 @@ enum mp_status mp_onednn_info(struct mp_onednn_info *info) {
     return MP_STATUS_OK;
 }
 
-static enum mp_status backend_error(const char *what, dnnl_status_t s) {
+// The status for a oneDNN result: OK, out of memory, or a backend error naming the step.
+static enum mp_status dnnl_result(dnnl_status_t s, const char *what) {
+    if (s == dnnl_success) return MP_STATUS_OK;
+    if (s == dnnl_out_of_memory) return mp_error(MP_STATUS_OUT_OF_MEMORY, "oneDNN %s ran out of memory", what);
     return mp_error(MP_STATUS_BACKEND, "oneDNN %s failed (dnnl_status %d)", what, (int)s);
 }
 
@@ -150,9 +153,7 @@ done:
     dnnl_memory_desc_destroy(b_md);
     dnnl_memory_desc_destroy(a_md);
     free(scratch);
-    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "matmul: %s ran out of memory", what)
-           : s == dnnl_success     ? MP_STATUS_OK
-                                   : backend_error(what, s);
+    return dnnl_result(s, what);
 }
 
 enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
@@ -220,7 +221,7 @@ enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const
             dnnl_memory_create(&l->bias_mem, md, engine, (void *)l->bias) != dnnl_success) {
             dnnl_memory_desc_destroy(md);
             mp_linear_free(l);
-            return backend_error("bias memory", dnnl_runtime_error);
+            return dnnl_result(dnnl_runtime_error, "bias memory");
         }
         dnnl_memory_desc_destroy(md);
     }
@@ -312,9 +313,7 @@ done:
     dnnl_memory_desc_destroy(dst_md);
     dnnl_memory_desc_destroy(wei_any);
     dnnl_memory_desc_destroy(src_md);
-    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "%s ran out of memory", what)
-           : s == dnnl_success     ? MP_STATUS_OK
-                                   : backend_error(what, s);
+    return dnnl_result(s, what);
 }
 
 enum mp_status mp_linear_forward(struct mp_linear *l, float *out, const float *in, int64_t M) {
@@ -365,7 +364,5 @@ done:
     dnnl_memory_desc_destroy(dst_md);
     dnnl_memory_desc_destroy(src_md);
     free(scratch);
-    return s == dnnl_out_of_memory ? mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_forward ran out of memory")
-           : s == dnnl_success     ? MP_STATUS_OK
-                                   : backend_error("linear execution", s);
+    return dnnl_result(s, "linear execution");
 }

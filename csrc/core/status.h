@@ -2,7 +2,7 @@
  * thread-local message that explains it.
  *
  *     if (mp_safetensors_open(&st, path) != MP_STATUS_OK)
- *         fprintf(stderr, "megapairs: %s\n", mp_last_error());
+ *         log_failure(mp_last_error());  // the message says what failed and why
  *
  * The message belongs to the calling thread and stays valid until that thread's
  * next failing call. Functions that succeed leave it untouched. */
