@@ -47,12 +47,6 @@ void layernorm_forward(float *out, const float *in, const float *weight, const f
     }
 }
 
-void bias_forward(float *x, const float *bias, int64_t N, int64_t D) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < D; i++) x[n * D + i] += bias[i];
-}
-
 void gelu_forward(float *x, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
@@ -72,12 +66,6 @@ void quick_gelu_forward(float *x, int64_t n) {
     enum { SPAN = 4096 };
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i += SPAN) quick_gelu_span(x + i, n - i < SPAN ? n - i : SPAN);
-}
-
-void residual_forward(float *x, const float *y, const float *scale, int64_t N, int64_t D) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t i = 0; i < D; i++) x[n * D + i] += (scale ? scale[i] : 1.0f) * y[n * D + i];
 }
 
 enum { SCORES_BUDGET = 1 << 22 }; // floats of scores at a time (16 MB), at least one image

@@ -20,15 +20,9 @@ void layernorm_forward(float       *out,    // (N, D)
                        int64_t      D,
                        float        eps);
 
-// x += bias per row.
-void bias_forward(float *x, const float *bias, int64_t N, int64_t D); // x (N, D), bias (D)
-
 // In place: gelu (erf form, torch's default), or quick_gelu x * sigmoid(1.702 x) (OpenAI CLIP).
 void gelu_forward(float *x, int64_t n);
 void quick_gelu_forward(float *x, int64_t n);
-
-// x += scale * y per row (LayerScale residual when scale is given, plain residual when NULL).
-void residual_forward(float *x, const float *y, const float *scale, int64_t N, int64_t D);
 
 // Multi-head self-attention, no mask: out[b, t, h] = softmax(q k^T / sqrt(hd)) v for each head.
 // qkv rows hold q, k and v side by side; heads are read in place by two strided batched

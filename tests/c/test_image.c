@@ -164,64 +164,57 @@ static int ref_vertical_first(int pillow13, int64_t H, int64_t W, int64_t rh, in
  * horizontal pass first (Pillow up to 12, and Pillow 13 in most cases), or, with
  * vertical_first, the vertical pass over the input then the horizontal pass. When both
  * passes run the order changes some bytes (the uint8 intermediate rounds differently). */
-static uint8_t *ref_resize_vertical_first(const uint8_t *in, int64_t H, int64_t W, int64_t stride, int64_t rh,
-                                          int64_t rw, const struct ref_filter *f) {
-    uint8_t *mid = xmalloc((size_t)(rh * W * 3));
+// The horizontal pass: (H, W, 3) rows `stride` bytes apart -> (H, rw, 3); a copy when rw == W.
+static uint8_t *ref_horizontal(const uint8_t *in, int64_t H, int64_t W, int64_t stride, int64_t rw,
+                               const struct ref_filter *f) {
+    uint8_t *out = xmalloc((size_t)(H * rw * 3));
+    if (rw == W) {
+        for (int64_t y = 0; y < H; y++) memcpy(out + y * W * 3, in + y * stride, (size_t)W * 3);
+        return out;
+    }
+    struct ref_axis ax = ref_axis_weights(W, rw, f);
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < rw; x++)
+            for (int c = 0; c < 3; c++) {
+                int64_t acc = 1 << 21;
+                for (int64_t i = 0; i < ax.count[x]; i++)
+                    acc += (int64_t)in[y * stride + (ax.xmin[x] + i) * 3 + c] * ax.k[x * ax.stride + i];
+                out[(y * rw + x) * 3 + c] = ref_clip(acc);
+            }
+    ref_axis_free(&ax);
+    return out;
+}
+
+// The vertical pass: (H, W, 3) rows `stride` bytes apart -> (rh, W, 3); a copy when rh == H.
+static uint8_t *ref_vertical(const uint8_t *in, int64_t H, int64_t W, int64_t stride, int64_t rh,
+                             const struct ref_filter *f) {
+    uint8_t *out = xmalloc((size_t)(rh * W * 3));
+    if (rh == H) {
+        for (int64_t y = 0; y < H; y++) memcpy(out + y * W * 3, in + y * stride, (size_t)W * 3);
+        return out;
+    }
     struct ref_axis ay = ref_axis_weights(H, rh, f);
     for (int64_t y = 0; y < rh; y++)
         for (int64_t x = 0; x < W * 3; x++) {
             int64_t acc = 1 << 21;
             for (int64_t i = 0; i < ay.count[y]; i++)
                 acc += (int64_t)in[(ay.xmin[y] + i) * stride + x] * ay.k[y * ay.stride + i];
-            mid[y * W * 3 + x] = ref_clip(acc);
+            out[y * W * 3 + x] = ref_clip(acc);
         }
     ref_axis_free(&ay);
-    uint8_t *out = xmalloc((size_t)(rh * rw * 3));
-    struct ref_axis ax = ref_axis_weights(W, rw, f);
-    for (int64_t y = 0; y < rh; y++)
-        for (int64_t x = 0; x < rw; x++)
-            for (int c = 0; c < 3; c++) {
-                int64_t acc = 1 << 21;
-                for (int64_t i = 0; i < ax.count[x]; i++)
-                    acc += (int64_t)mid[(y * W + ax.xmin[x] + i) * 3 + c] * ax.k[x * ax.stride + i];
-                out[(y * rw + x) * 3 + c] = ref_clip(acc);
-            }
-    ref_axis_free(&ax);
-    free(mid);
     return out;
 }
 
 static uint8_t *ref_resize(const uint8_t *in, int64_t H, int64_t W, int64_t stride, int64_t rh, int64_t rw,
                            const struct ref_filter *f, int vertical_first) {
-    if (vertical_first) return ref_resize_vertical_first(in, H, W, stride, rh, rw, f);
-    // Horizontal pass over every input row (skipped when the width does not change).
-    uint8_t *mid = xmalloc((size_t)(H * rw * 3));
-    if (rw == W) {
-        for (int64_t y = 0; y < H; y++) memcpy(mid + y * W * 3, in + y * stride, (size_t)W * 3);
+    uint8_t *mid, *out;
+    if (vertical_first) {
+        mid = ref_vertical(in, H, W, stride, rh, f);
+        out = ref_horizontal(mid, rh, W, W * 3, rw, f);
     } else {
-        struct ref_axis ax = ref_axis_weights(W, rw, f);
-        for (int64_t y = 0; y < H; y++)
-            for (int64_t x = 0; x < rw; x++)
-                for (int c = 0; c < 3; c++) {
-                    int64_t acc = 1 << 21;
-                    for (int64_t i = 0; i < ax.count[x]; i++)
-                        acc += (int64_t)in[y * stride + (ax.xmin[x] + i) * 3 + c] * ax.k[x * ax.stride + i];
-                    mid[(y * rw + x) * 3 + c] = ref_clip(acc);
-                }
-        ref_axis_free(&ax);
+        mid = ref_horizontal(in, H, W, stride, rw, f);
+        out = ref_vertical(mid, H, rw, rw * 3, rh, f);
     }
-    if (rh == H) return mid;
-    // Vertical pass over the intermediate.
-    uint8_t *out = xmalloc((size_t)(rh * rw * 3));
-    struct ref_axis ay = ref_axis_weights(H, rh, f);
-    for (int64_t y = 0; y < rh; y++)
-        for (int64_t x = 0; x < rw * 3; x++) {
-            int64_t acc = 1 << 21;
-            for (int64_t i = 0; i < ay.count[y]; i++)
-                acc += (int64_t)mid[(ay.xmin[y] + i) * rw * 3 + x] * ay.k[y * ay.stride + i];
-            out[y * rw * 3 + x] = ref_clip(acc);
-        }
-    ref_axis_free(&ay);
     free(mid);
     return out;
 }
