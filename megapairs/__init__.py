@@ -13,7 +13,7 @@ from ._loader import load_core as _load_core
 _core = _load_core()
 
 from . import images, weights  # noqa: E402
-from .encoders import CLIP  # noqa: E402
+from .encoders import CLIP, DINOv2  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 
@@ -22,6 +22,7 @@ FormatError = _core.FormatError
 
 __all__ = [
     "CLIP",
+    "DINOv2",
     "Error",
     "FormatError",
     "__version__",

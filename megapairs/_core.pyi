@@ -47,3 +47,17 @@ class SafetensorsReader:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
+
+class Vit:
+    """A ViT image tower (CLIP or DINOv2) held by the C core; tensors in vit.h's canonical order."""
+
+    def __init__(self, config: dict[str, Any], tensors: list[npt.ArrayLike]) -> None: ...
+    def encode(
+        self,
+        pixels: npt.ArrayLike,  # (N, 3, S, S)
+        *,
+        positions: npt.ArrayLike | None = None,  # (1 + (S // patch)**2, width)
+        pooling: str = "cls",  # "cls", "cls+mean", "mean"
+        precision: str = "fp32",
+        num_threads: int = 0,
+    ) -> npt.NDArray[np.float32]: ...

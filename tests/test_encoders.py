@@ -3,6 +3,9 @@ built from configs and saved as safetensors (no pretrained weights download here
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,6 +100,116 @@ def test_images_are_preprocessed_with_the_model_transform(tmp_path):
     pixels = mp.images.preprocess(jpegs, clip.transform)
     assert pixels.shape == (3, 3, 64, 64)
     np.testing.assert_array_equal(clip.encode_image(jpegs, batch_size=2), clip.encode_image(pixels))
+
+
+def open_clip_state(model):
+    """The vision tower of a transformers CLIP model renamed to OpenCLIP's (OpenAI) layout:
+    q, k, v packed row-wise into in_proj, c_fc/c_proj, proj stored (D, E)."""
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    hf = "vision_model."
+    out = {
+        "visual.class_embedding": sd[hf + "embeddings.class_embedding"],
+        "visual.conv1.weight": sd[hf + "embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": sd[hf + "embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": sd[hf + "pre_layrnorm.weight"], "visual.ln_pre.bias": sd[hf + "pre_layrnorm.bias"],
+        "visual.ln_post.weight": sd[hf + "post_layernorm.weight"],
+        "visual.ln_post.bias": sd[hf + "post_layernorm.bias"],
+        "visual.proj": np.ascontiguousarray(sd["visual_projection.weight"].T),
+    }
+    for i in range(model.config.num_hidden_layers):
+        src, dst = f"{hf}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{kind}"] = np.concatenate([sd[src + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
+            out[dst + f"attn.out_proj.{kind}"] = sd[src + f"self_attn.out_proj.{kind}"]
+            out[dst + f"ln_1.{kind}"] = sd[src + f"layer_norm1.{kind}"]
+            out[dst + f"ln_2.{kind}"] = sd[src + f"layer_norm2.{kind}"]
+            out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
+            out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
+    out["text_projection"] = np.zeros((8, 8), np.float32)  # other towers are ignored
+    return out
+
+
+def test_packed_in_proj_is_torch_multihead_attention_layout():
+    """The packing open_clip_state uses is torch.nn.MultiheadAttention's (which OpenCLIP's
+    blocks are): the packed module reproduces transformers' CLIPAttention."""
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**SMALL["base-like"])).eval()
+    attention = model.vision_model.encoder.layers[0].self_attn
+    state = open_clip_state(model)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    with torch.no_grad():
+        block = "visual.transformer.resblocks.0.attn."
+        for name in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+            mha.get_parameter(name).copy_(torch.from_numpy(state[block + name]))
+        x = torch.randn(2, 17, 64)
+        want = attention(x)[0]
+        got = mha(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["base-like", "gelu-one-head"])
+def test_open_clip_layout(tmp_path, name):
+    from safetensors.numpy import save_file
+
+    config = SMALL[name]
+    model = save_vision_model(tmp_path / "hf", **config)
+    save_file(open_clip_state(model), str(tmp_path / "open_clip_model.safetensors"))
+    D = config["hidden_size"]
+    vision = dict(image_size=config["image_size"], layers=config["num_hidden_layers"], width=D,
+                  patch_size=config["patch_size"], head_width=D // config["num_attention_heads"],
+                  mlp_ratio=config["intermediate_size"] / D)
+    quick = config.get("hidden_act", "quick_gelu") == "quick_gelu"
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": config["projection_dim"], "quick_gelu": quick, "vision_cfg": vision,
+                      "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 1, "layers": 1}},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }))
+    pixels = pixels_for(config)
+    want = reference(model, pixels)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    got = clip.encode_image(pixels, normalize=False)
+    assert np.abs(got - want).max() <= 1e-4
+    assert cosine(got, want).min() >= 0.99999
+    assert clip.transform.mean == (0.5, 0.5, 0.5) and clip.transform.std == (0.25, 0.25, 0.25)
+    bad = json.loads((tmp_path / "open_clip_config.json").read_text())
+    bad["model_cfg"]["vision_cfg"]["attentional_pool"] = True
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(bad))
+    with pytest.raises(mp.FormatError, match="attentional_pool=True is not supported"):
+        mp.CLIP.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_storage(tmp_path, dtype):
+    """F16/BF16 checkpoints are widened exactly: the reference is the same rounded weights in fp32."""
+    model = save_vision_model(tmp_path, **SMALL["odd-head-dim"])
+    model.to(getattr(torch, dtype)).save_pretrained(tmp_path, safe_serialization=True)
+    model.to(torch.float32)
+    pixels = pixels_for(SMALL["odd-head-dim"])
+    got = mp.CLIP.from_pretrained(tmp_path).encode_image(pixels, normalize=False)
+    assert np.abs(got - reference(model, pixels)).max() <= 1e-4
+
+
+def test_hub_id_from_offline_cache(tmp_path):
+    """A hub id resolves through huggingface_hub's cache with HF_HUB_OFFLINE=1 (no network)."""
+    snapshot = tmp_path / "hub" / "models--megapairs-test--tiny-clip" / "snapshots" / ("0" * 40)
+    save_vision_model(snapshot, **SMALL["base-like"])
+    (tmp_path / "hub" / "models--megapairs-test--tiny-clip" / "refs").mkdir()
+    (tmp_path / "hub" / "models--megapairs-test--tiny-clip" / "refs" / "main").write_text("0" * 40)
+    pixels = pixels_for(SMALL["base-like"])
+    np.save(tmp_path / "pixels.npy", pixels)
+    code = (
+        "import sys, numpy as np, megapairs as mp\n"
+        "x = np.load(sys.argv[1])\n"
+        "np.save(sys.argv[2], mp.CLIP.from_pretrained('megapairs-test/tiny-clip').encode_image(x))\n"
+        "try:\n    mp.CLIP.from_pretrained('megapairs-test/not-cached')\n"
+        "except FileNotFoundError as e:\n    print('missing:', e)\n"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "missing:" in result.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), mp.CLIP.from_pretrained(snapshot).encode_image(pixels))
 
 
 @pytest.mark.slow

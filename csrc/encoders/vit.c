@@ -6,7 +6,7 @@
 #include "nn/layers.h"
 
 struct vit_layer {
-    const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ls1, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls2;
 };
 
 // The linear layers of one precision, packed for oneDNN on first use.
@@ -19,34 +19,95 @@ struct mp_vit {
     struct mp_vit_config c;
     struct vit_linears linears[2]; // by enum mp_precision
     float *params; // every weight, one allocation, in canonical order
-    const float *class_emb, *patch_w, *pos, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b, *proj;
+    float *class_emb, *registers, *patch_w, *patch_b, *pos, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b, *proj;
     struct vit_layer *layers;
 };
 
-enum { LAYER_TENSORS = 12, HEAD_TENSORS = 5, TAIL_TENSORS = 3 };
+static int config_valid(const struct mp_vit_config *c) {
+    int clip = c->kind == MP_VIT_CLIP, dino = c->kind == MP_VIT_DINOV2;
+    return (clip || dino) && c->patch_size > 0 && c->image_size >= c->patch_size && c->width > 0 && c->heads > 0 &&
+           c->width % c->heads == 0 && c->layers > 0 && c->layers <= 4096 && c->mlp > 0 && c->eps > 0.0f &&
+           (clip ? c->projection > 0 && c->registers == 0 && !c->swiglu && c->image_size % c->patch_size == 0
+                 : c->projection == 0 && c->registers >= 0) &&
+           (c->activation == MP_ACTIVATION_GELU || c->activation == MP_ACTIVATION_QUICK_GELU);
+}
+
+struct walker {
+    int64_t n;      // tensors so far
+    int64_t *numel; // sizes, or NULL
+    float *cursor;  // next parameter, or NULL
+};
+
+static float *take(struct walker *w, int64_t count) {
+    if (w->numel) w->numel[w->n] = count;
+    w->n++;
+    float *view = w->cursor;
+    if (view) w->cursor += count;
+    return view;
+}
+
+/* The canonical order, in one place: walks the tensors of `c`, recording each size in
+ * numel[] (when given) and binding vit's views to its params (when vit is given). Returns
+ * the tensor count. */
+static int64_t walk(const struct mp_vit_config *c, int64_t *numel, struct mp_vit *vit) {
+    int64_t D = c->width, M = c->mlp, M1 = c->swiglu ? 2 * c->mlp : c->mlp, p = c->patch_size;
+    int64_t G = c->image_size / p;
+    int dino = c->kind == MP_VIT_DINOV2;
+    struct walker w = {0, numel, vit ? vit->params : NULL};
+    struct mp_vit scratch = {0}, *t = vit ? vit : &scratch;
+    t->class_emb = take(&w, D);
+    if (dino && c->registers > 0) t->registers = take(&w, c->registers * D);
+    t->patch_w = take(&w, D * 3 * p * p);
+    if (dino) t->patch_b = take(&w, D);
+    t->pos = take(&w, (1 + G * G) * D);
+    if (!dino) {
+        t->pre_ln_w = take(&w, D);
+        t->pre_ln_b = take(&w, D);
+    }
+    for (int64_t l = 0; l < c->layers; l++) {
+        struct vit_layer layer = {0}, *y = vit ? &vit->layers[l] : &layer;
+        y->ln1_w = take(&w, D);
+        y->ln1_b = take(&w, D);
+        y->qkv_w = take(&w, 3 * D * D);
+        y->qkv_b = take(&w, 3 * D);
+        y->out_w = take(&w, D * D);
+        y->out_b = take(&w, D);
+        if (dino) y->ls1 = take(&w, D);
+        y->ln2_w = take(&w, D);
+        y->ln2_b = take(&w, D);
+        y->fc1_w = take(&w, M1 * D);
+        y->fc1_b = take(&w, M1);
+        y->fc2_w = take(&w, D * M);
+        y->fc2_b = take(&w, D);
+        if (dino) y->ls2 = take(&w, D);
+    }
+    t->post_ln_w = take(&w, D);
+    t->post_ln_b = take(&w, D);
+    if (!dino) t->proj = take(&w, c->projection * D);
+    return w.n;
+}
 
 int64_t mp_vit_tensor_count(const struct mp_vit_config *c) {
-    return HEAD_TENSORS + LAYER_TENSORS * c->layers + TAIL_TENSORS;
+    return c && config_valid(c) ? walk(c, NULL, NULL) : -1;
 }
 
 int64_t mp_vit_tensor_numel(const struct mp_vit_config *c, int64_t i) {
-    int64_t D = c->width, M = c->mlp, p = c->patch_size, G = c->image_size / c->patch_size;
-    static const int head_kind[HEAD_TENSORS] = {0, 1, 2, 0, 0};
-    if (i < HEAD_TENSORS) return head_kind[i] == 0 ? D : head_kind[i] == 1 ? D * 3 * p * p : (1 + G * G) * D;
-    i -= HEAD_TENSORS;
-    if (i < LAYER_TENSORS * c->layers) {
-        const int64_t sizes[LAYER_TENSORS] = {D, D, 3 * D * D, 3 * D, D * D, D, D, D, M * D, M, D * M, D};
-        return sizes[i % LAYER_TENSORS];
-    }
-    i -= LAYER_TENSORS * c->layers;
-    return i < 2 ? D : c->projection * D;
+    int64_t n = mp_vit_tensor_count(c);
+    if (n < 0 || i < 0 || i >= n) return -1;
+    int64_t *numel = malloc((size_t)n * sizeof *numel);
+    if (!numel) return -1;
+    walk(c, numel, NULL);
+    int64_t result = numel[i];
+    free(numel);
+    return result;
 }
 
-static int config_valid(const struct mp_vit_config *c) {
-    return c->kind == MP_VIT_CLIP && c->patch_size > 0 && c->image_size >= c->patch_size &&
-           c->image_size % c->patch_size == 0 && c->width > 0 && c->heads > 0 && c->width % c->heads == 0 &&
-           c->layers > 0 && c->mlp > 0 && c->projection > 0 && c->eps > 0.0f &&
-           (c->activation == MP_ACTIVATION_GELU || c->activation == MP_ACTIVATION_QUICK_GELU);
+// LayerScale: gamma * (x W^T + b) = x (gamma W)^T + gamma b, so fold gamma into W and b.
+static void fold_scale(float *w, float *b, const float *gamma, int64_t N, int64_t K) {
+    for (int64_t i = 0; i < N; i++) {
+        for (int64_t k = 0; k < K; k++) w[i * K + k] *= gamma[i];
+        b[i] *= gamma[i];
+    }
 }
 
 enum mp_status mp_vit_init(struct mp_vit **out, const struct mp_vit_config *c, const float *const *tensors,
@@ -54,46 +115,44 @@ enum mp_status mp_vit_init(struct mp_vit **out, const struct mp_vit_config *c, c
     if (!out || !c || !tensors) return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: NULL argument");
     *out = NULL;
     if (!config_valid(c)) return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: inconsistent config");
-    if (count != mp_vit_tensor_count(c))
+    int64_t expected = walk(c, NULL, NULL);
+    if (count != expected)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: %lld tensors given, the config needs %lld",
-                        (long long)count, (long long)mp_vit_tensor_count(c));
+                        (long long)count, (long long)expected);
+    int64_t *numel = malloc((size_t)count * sizeof *numel);
+    struct mp_vit *vit = numel ? calloc(1, sizeof *vit) : NULL;
+    struct vit_layer *layers = vit ? calloc((size_t)c->layers, sizeof *layers) : NULL;
+    if (!layers) {
+        free(vit), free(numel);
+        return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_init: cannot allocate the model");
+    }
+    walk(c, numel, NULL);
     int64_t total = 0;
     for (int64_t i = 0; i < count; i++) {
-        if (!tensors[i]) return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: tensor %lld is NULL", (long long)i);
-        total += mp_vit_tensor_numel(c, i);
+        if (!tensors[i]) {
+            free(layers), free(vit), free(numel);
+            return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: tensor %lld is NULL", (long long)i);
+        }
+        total += numel[i];
     }
-    struct mp_vit *vit = calloc(1, sizeof *vit);
-    float *params = vit ? malloc((size_t)total * sizeof *params) : NULL;
-    struct vit_layer *layers = params ? calloc((size_t)c->layers, sizeof *layers) : NULL;
-    if (!layers) {
-        free(params);
-        free(vit);
+    float *params = malloc((size_t)total * sizeof *params);
+    if (!params) {
+        free(layers), free(vit), free(numel);
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_init: cannot allocate %lld parameters", (long long)total);
     }
+    for (int64_t i = 0, offset = 0; i < count; offset += numel[i], i++)
+        memcpy(params + offset, tensors[i], (size_t)numel[i] * sizeof *params);
+    free(numel);
     vit->c = *c;
     vit->params = params;
     vit->layers = layers;
-    const float *views[count];
-    float *cursor = params;
-    for (int64_t i = 0; i < count; i++) {
-        int64_t n = mp_vit_tensor_numel(c, i);
-        memcpy(cursor, tensors[i], (size_t)n * sizeof *cursor);
-        views[i] = cursor;
-        cursor += n;
-    }
-    vit->class_emb = views[0];
-    vit->patch_w = views[1];
-    vit->pos = views[2];
-    vit->pre_ln_w = views[3];
-    vit->pre_ln_b = views[4];
-    for (int64_t l = 0; l < c->layers; l++) {
-        const float *const *v = views + HEAD_TENSORS + l * LAYER_TENSORS;
-        layers[l] = (struct vit_layer){v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11]};
-    }
-    const float *const *tail = views + HEAD_TENSORS + c->layers * LAYER_TENSORS;
-    vit->post_ln_w = tail[0];
-    vit->post_ln_b = tail[1];
-    vit->proj = tail[2];
+    walk(c, NULL, vit);
+    if (c->kind == MP_VIT_DINOV2)
+        for (int64_t l = 0; l < c->layers; l++) {
+            struct vit_layer *w = &layers[l];
+            fold_scale(w->out_w, w->out_b, w->ls1, c->width, c->width);
+            fold_scale(w->fc2_w, w->fc2_b, w->ls2, c->width, c->mlp);
+        }
     *out = vit;
     return MP_STATUS_OK;
 }
@@ -116,23 +175,26 @@ static enum mp_status linears_init(struct mp_vit *vit, enum mp_precision precisi
     struct vit_linears *ls = &vit->linears[precision];
     if (ls->patch) return MP_STATUS_OK;
     const struct mp_vit_config *c = &vit->c;
-    int64_t D = c->width, M = c->mlp, L = c->layers;
-    enum mp_activation_op act = c->activation == MP_ACTIVATION_QUICK_GELU ? MP_OP_QUICK_GELU : MP_OP_GELU;
+    int64_t D = c->width, M = c->mlp, L = c->layers, p = c->patch_size;
+    enum mp_activation_op act = c->swiglu                                    ? MP_OP_NONE // gated after the matmul
+                                : c->activation == MP_ACTIVATION_QUICK_GELU ? MP_OP_QUICK_GELU
+                                                                            : MP_OP_GELU;
     enum mp_status s;
     if (!(ls->qkv = calloc((size_t)L, sizeof *ls->qkv)) || !(ls->out = calloc((size_t)L, sizeof *ls->out)) ||
         !(ls->fc1 = calloc((size_t)L, sizeof *ls->fc1)) || !(ls->fc2 = calloc((size_t)L, sizeof *ls->fc2))) {
         s = mp_error(MP_STATUS_OUT_OF_MEMORY, "vit: cannot allocate layer tables");
         goto fail;
     }
-    int64_t p = c->patch_size;
-    if ((s = mp_linear_init(&ls->patch, vit->patch_w, NULL, D, 3 * p * p, precision, MP_OP_NONE, 0)) ||
-        (s = mp_linear_init(&ls->proj, vit->proj, NULL, c->projection, D, precision, MP_OP_NONE, 0)))
+    if ((s = mp_linear_init(&ls->patch, vit->patch_w, vit->patch_b, D, 3 * p * p, precision, MP_OP_NONE, 0)))
+        goto fail;
+    if (vit->proj && (s = mp_linear_init(&ls->proj, vit->proj, NULL, c->projection, D, precision, MP_OP_NONE, 0)))
         goto fail;
     for (int64_t l = 0; l < L; l++) {
         const struct vit_layer *w = &vit->layers[l];
+        int64_t M1 = c->swiglu ? 2 * M : M;
         if ((s = mp_linear_init(&ls->qkv[l], w->qkv_w, w->qkv_b, 3 * D, D, precision, MP_OP_NONE, 0)) ||
             (s = mp_linear_init(&ls->out[l], w->out_w, w->out_b, D, D, precision, MP_OP_NONE, 1)) ||
-            (s = mp_linear_init(&ls->fc1[l], w->fc1_w, w->fc1_b, M, D, precision, act, 0)) ||
+            (s = mp_linear_init(&ls->fc1[l], w->fc1_w, w->fc1_b, M1, D, precision, act, 0)) ||
             (s = mp_linear_init(&ls->fc2[l], w->fc2_w, w->fc2_b, D, M, precision, MP_OP_NONE, 1)))
             goto fail;
     }
@@ -151,17 +213,27 @@ void mp_vit_free(struct mp_vit *vit) {
     free(vit);
 }
 
-int64_t mp_vit_output_dim(const struct mp_vit *vit) { return vit ? vit->c.projection : 0; }
+int64_t mp_vit_output_dim(const struct mp_vit *vit, enum mp_vit_pooling pooling) {
+    if (!vit) return 0;
+    if (vit->c.kind == MP_VIT_CLIP) return pooling == MP_VIT_POOL_CLS ? vit->c.projection : 0;
+    switch (pooling) {
+    case MP_VIT_POOL_CLS:
+    case MP_VIT_POOL_MEAN: return vit->c.width;
+    case MP_VIT_POOL_CLS_MEAN: return 2 * vit->c.width;
+    }
+    return 0;
+}
 
-// (N, 3, S, S) pixels to (N * G * G, 3 * p * p) rows in the conv weight's (c, ky, kx) order,
-// patches row-major over the grid, as transformers flattens the conv output.
+// (N, 3, S, S) pixels to (N * g * g, 3 * p * p) rows in the conv weight's (c, ky, kx) order,
+// patches row-major over the g x g grid, as transformers flattens the conv output. Pixels
+// past g * p (S not a multiple of p) are dropped, as the stride-p convolution drops them.
 static void im2col(float *cols, const float *pixels, int64_t N, int64_t S, int64_t p) {
-    int64_t G = S / p, K = 3 * p * p;
+    int64_t g = S / p, K = 3 * p * p;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < N; n++)
-        for (int64_t g = 0; g < G * G; g++) {
-            int64_t gy = g / G, gx = g % G;
-            float *row = cols + (n * G * G + g) * K;
+        for (int64_t i = 0; i < g * g; i++) {
+            int64_t gy = i / g, gx = i % g;
+            float *row = cols + (n * g * g + i) * K;
             for (int64_t c = 0; c < 3; c++)
                 for (int64_t ky = 0; ky < p; ky++)
                     memcpy(row + (c * p + ky) * p, pixels + ((n * 3 + c) * S + gy * p + ky) * S + gx * p,
@@ -169,18 +241,38 @@ static void im2col(float *cols, const float *pixels, int64_t N, int64_t S, int64
         }
 }
 
-enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float *pixels, int64_t N,
-                             enum mp_precision precision) {
-    if (!vit || N < 0 || (N > 0 && (!embeddings || !pixels)))
+enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels, int64_t N, int64_t S,
+                             const float *positions, enum mp_vit_pooling pooling, enum mp_precision precision) {
+    if (!vit || N < 0 || (N > 0 && (!out || !pixels)))
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_encode: bad arguments");
-    if (N == 0) return MP_STATUS_OK;
     const struct mp_vit_config *c = &vit->c;
-    int64_t D = c->width, M = c->mlp, p = c->patch_size, G = c->image_size / p, P = G * G, T = P + 1;
-    int64_t K = 3 * p * p, BT = N * T;
+    int64_t D = c->width, M = c->mlp, p = c->patch_size, R = c->registers;
+    int64_t out_dim = mp_vit_output_dim(vit, pooling);
+    if (out_dim == 0) return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_encode: this model has no such pooling");
+    if (S < p || (c->kind == MP_VIT_CLIP && S != c->image_size))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_encode: images of %lld pixels, the model takes %s%lld",
+                        (long long)S, c->kind == MP_VIT_CLIP ? "" : "at least ",
+                        (long long)(c->kind == MP_VIT_CLIP ? c->image_size : p));
+    int64_t g = S / p, P = g * g, T = 1 + R + P, K = 3 * p * p, BT = N * T;
+    if (!positions && g != c->image_size / p)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT,
+                        "vit_encode: a %lldx%lld patch grid needs interpolated position embeddings (the "
+                        "checkpoint's are %lldx%lld)",
+                        (long long)g, (long long)g, (long long)(c->image_size / p), (long long)(c->image_size / p));
+    if (N == 0) return MP_STATUS_OK;
+    const float *pos = positions ? positions : vit->pos;
 
     // Activations: one allocation, named views (llm.c style).
-    size_t sizes[] = {(size_t)(N * P * K), (size_t)(N * P * D), (size_t)(BT * D), (size_t)(BT * D),
-                      (size_t)(BT * 3 * D), (size_t)(BT * D), (size_t)(BT * M), (size_t)(N * D),
+    int64_t M1 = c->swiglu ? 2 * M : M;
+    size_t sizes[] = {(size_t)(N * P * K),
+                      (size_t)(N * P * D),
+                      (size_t)(BT * D),
+                      (size_t)(BT * D),
+                      (size_t)(BT * 3 * D),
+                      (size_t)(BT * D),
+                      (size_t)(BT * M1),
+                      c->swiglu ? (size_t)(BT * M) : 0,
+                      (size_t)(2 * N * D),
                       attention_scores_size(N, T, c->heads)};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
@@ -188,25 +280,31 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
     if (!arena) return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_encode: cannot allocate activations for %lld images",
                                 (long long)N);
     float *cols = arena, *patches = cols + sizes[0], *x = patches + sizes[1], *h = x + sizes[2];
-    float *qkv = h + sizes[3], *att = qkv + sizes[4], *mlp = att + sizes[5], *pooled = mlp + sizes[6];
-    float *scores = pooled + sizes[7];
+    float *qkv = h + sizes[3], *att = qkv + sizes[4], *mlp = att + sizes[5], *gated = mlp + sizes[6];
+    float *pooled = gated + sizes[7], *scores = pooled + sizes[8];
     enum mp_status status;
 
     if ((status = linears_init(vit, precision)) != MP_STATUS_OK) goto done;
     const struct vit_linears *ls = &vit->linears[precision];
 
-    // Patch embedding (a stride-p convolution without bias) as one matmul.
-    im2col(cols, pixels, N, c->image_size, p);
+    // Patch embedding (a stride-p convolution) as one matmul.
+    im2col(cols, pixels, N, S, p);
     if ((status = mp_linear_forward(ls->patch, patches, cols, N * P)) != MP_STATUS_OK) goto done;
-    // Tokens: class embedding, then the patches; plus position embeddings; then pre-LayerNorm.
+    // Tokens: class token, registers (no position), patches; position embeddings on the class
+    // token and the patches.
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < N; n++)
         for (int64_t t = 0; t < T; t++) {
-            const float *src = t == 0 ? vit->class_emb : patches + (n * P + t - 1) * D;
             float *dst = x + (n * T + t) * D;
-            for (int64_t i = 0; i < D; i++) dst[i] = src[i] + vit->pos[t * D + i];
+            if (t >= 1 && t <= R) {
+                memcpy(dst, vit->registers + (t - 1) * D, (size_t)D * sizeof *dst);
+                continue;
+            }
+            int64_t at = t == 0 ? 0 : t - R; // row of the position table
+            const float *src = t == 0 ? vit->class_emb : patches + (n * P + t - 1 - R) * D;
+            for (int64_t i = 0; i < D; i++) dst[i] = src[i] + pos[at * D + i];
         }
-    layernorm_forward(x, x, vit->pre_ln_w, vit->pre_ln_b, BT, D, c->eps);
+    if (vit->pre_ln_w) layernorm_forward(x, x, vit->pre_ln_w, vit->pre_ln_b, BT, D, c->eps);
 
     for (int64_t l = 0; l < c->layers; l++) {
         const struct vit_layer *w = &vit->layers[l];
@@ -215,14 +313,39 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *embeddings, const float 
         if ((status = attention_forward(att, scores, qkv, N, T, D, c->heads, precision)) != MP_STATUS_OK) goto done;
         if ((status = mp_linear_forward(ls->out[l], x, att, BT)) != MP_STATUS_OK) goto done; // x += attn @ Wo^T + bo
         layernorm_forward(h, x, w->ln2_w, w->ln2_b, BT, D, c->eps);
-        if ((status = mp_linear_forward(ls->fc1[l], mlp, h, BT)) != MP_STATUS_OK) goto done;  // act(h @ W1^T + b1)
-        if ((status = mp_linear_forward(ls->fc2[l], x, mlp, BT)) != MP_STATUS_OK) goto done;  // x += mlp @ W2^T + b2
+        if ((status = mp_linear_forward(ls->fc1[l], mlp, h, BT)) != MP_STATUS_OK) goto done; // act(h @ W1^T + b1)
+        if (c->swiglu) swiglu_forward(gated, mlp, BT, M);
+        if ((status = mp_linear_forward(ls->fc2[l], x, c->swiglu ? gated : mlp, BT)) != MP_STATUS_OK) goto done;
     }
 
-    // Pooled output: the class token after post-LayerNorm, then the visual projection.
-    for (int64_t n = 0; n < N; n++) memcpy(pooled + n * D, x + n * T * D, (size_t)D * sizeof *pooled);
-    layernorm_forward(pooled, pooled, vit->post_ln_w, vit->post_ln_b, N, D, c->eps);
-    status = mp_linear_forward(ls->proj, embeddings, pooled, N);
+    // CLIP: the class token after post-LayerNorm, then the visual projection.
+    // DINOv2: the final LayerNorm over the tokens each pooling needs.
+    float *cls = pooled, *mean = pooled + N * D;
+    for (int64_t n = 0; n < N; n++) memcpy(cls + n * D, x + n * T * D, (size_t)D * sizeof *cls);
+    layernorm_forward(cls, cls, vit->post_ln_w, vit->post_ln_b, N, D, c->eps);
+    if (c->kind == MP_VIT_CLIP) {
+        status = mp_linear_forward(ls->proj, out, cls, N);
+        goto done;
+    }
+    if (pooling != MP_VIT_POOL_CLS) {
+        layernorm_forward(x, x, vit->post_ln_w, vit->post_ln_b, BT, D, c->eps); // class and registers too: cheap
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            const float *tokens = x + (n * T + 1 + R) * D;
+            double sum[D];
+            for (int64_t i = 0; i < D; i++) sum[i] = 0.0;
+            for (int64_t t = 0; t < P; t++)
+                for (int64_t i = 0; i < D; i++) sum[i] += tokens[t * D + i];
+            for (int64_t i = 0; i < D; i++) mean[n * D + i] = (float)(sum[i] / (double)P);
+        }
+    }
+    for (int64_t n = 0; n < N; n++) {
+        float *row = out + n * out_dim;
+        if (pooling != MP_VIT_POOL_MEAN) memcpy(row, cls + n * D, (size_t)D * sizeof *row);
+        if (pooling != MP_VIT_POOL_CLS)
+            memcpy(row + (pooling == MP_VIT_POOL_CLS_MEAN ? D : 0), mean + n * D, (size_t)D * sizeof *row);
+    }
+    status = MP_STATUS_OK;
 done:
     free(arena);
     return status;

@@ -68,6 +68,21 @@ void quick_gelu_forward(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i += SPAN) quick_gelu_span(x + i, n - i < SPAN ? n - i : SPAN);
 }
 
+// silu(gate) * up with silu(z) = z * sigmoid(z), as quick_gelu's sigmoid above.
+MP_CLONES static void swiglu_row(float *out, const float *gate, const float *up, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float z = gate[i];
+        float e = exp_nonpositive(-fabsf(z));
+        out[i] = z * ((z >= 0.0f ? 1.0f : e) / (1.0f + e)) * up[i];
+    }
+}
+
+void swiglu_forward(float *out, const float *in, int64_t N, int64_t H) {
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) swiglu_row(out + n * H, in + n * 2 * H, in + n * 2 * H + H, H);
+}
+
 enum { SCORES_BUDGET = 1 << 22 }; // floats of scores at a time (16 MB), at least one image
 
 static int64_t images_per_chunk(int64_t B, int64_t T, int64_t H) {

@@ -24,6 +24,13 @@ void layernorm_forward(float       *out,    // (N, D)
 void gelu_forward(float *x, int64_t n);
 void quick_gelu_forward(float *x, int64_t n);
 
+// SwiGLU gate: out[n, i] = silu(in[n, i]) * in[n, H + i], silu(z) = z * sigmoid(z); each
+// input row holds the gate projection then the up projection (DINOv2-g's MLP).
+void swiglu_forward(float       *out, // (N, H)
+                    const float *in,  // (N, 2 * H)
+                    int64_t      N,
+                    int64_t      H);
+
 // Multi-head self-attention, no mask: out[b, t, h] = softmax(q k^T / sqrt(hd)) v for each head.
 // qkv rows hold q, k and v side by side; heads are read in place by two strided batched
 // matmuls. Scores exist for a chunk of images at a time: `scores` holds

@@ -334,7 +334,8 @@ done:
 typedef struct {
     PyObject_HEAD
     struct mp_vit *vit;
-    int64_t image_size;
+    int64_t image_size, patch_size, width;
+    int fixed_size; // CLIP takes only image_size; DINOv2 interpolates its positions
 } VitObject;
 
 static int dict_int(PyObject *dict, const char *key, int64_t *out) {
@@ -362,6 +363,9 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
         dict_int(config, "mlp", &c.mlp) || dict_int(config, "projection", &c.projection) ||
         dict_int(config, "activation", &activation))
         return -1;
+    PyObject *registers = PyDict_GetItemString(config, "registers"), *swiglu = PyDict_GetItemString(config, "swiglu");
+    if (registers && (c.registers = PyLong_AsLongLong(registers)) == -1 && PyErr_Occurred()) return -1;
+    if (swiglu && (c.swiglu = PyObject_IsTrue(swiglu)) < 0) return -1;
     if (!eps) {
         PyErr_SetString(PyExc_ValueError, "config has no 'eps'");
         return -1;
@@ -379,9 +383,13 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
         PyErr_NoMemory();
         goto done;
     }
-    if (c.layers < 0 || c.layers > 4096 || n != mp_vit_tensor_count(&c)) {
-        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd",
-                     (long long)(c.layers >= 0 && c.layers <= 4096 ? mp_vit_tensor_count(&c) : -1), n);
+    int64_t expected = mp_vit_tensor_count(&c);
+    if (expected < 0) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent ViT config");
+        goto done;
+    }
+    if (n != expected) {
+        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd", (long long)expected, n);
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -407,6 +415,9 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     mp_vit_free(self->vit);
     self->vit = vit;
     self->image_size = c.image_size;
+    self->patch_size = c.patch_size;
+    self->width = c.width;
+    self->fixed_size = c.kind == MP_VIT_CLIP;
     rc = 0;
 done:
     for (Py_ssize_t i = 0; arrays && i < n; i++) Py_XDECREF(arrays[i]);
@@ -423,14 +434,16 @@ static void vit_dealloc(VitObject *self) {
     Py_DECREF(type);
 }
 
-// encode(pixels (N, 3, S, S), *, precision="fp32", num_threads=0) -> (N, E) float32
+// encode(pixels (N, 3, S, S), *, positions=None, pooling="cls", precision="fp32", num_threads=0)
+//   -> (N, output dim) float32
 static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"pixels", "precision", "num_threads", NULL};
-    PyObject *pixels_obj, *result = NULL, *out = NULL;
-    const char *precision_name = "fp32";
+    static char *kwlist[] = {"pixels", "positions", "pooling", "precision", "num_threads", NULL};
+    PyObject *pixels_obj, *positions_obj = Py_None, *result = NULL, *out = NULL;
+    const char *precision_name = "fp32", *pooling_name = "cls";
     int num_threads = 0;
-    PyArrayObject *pixels = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$si:encode", kwlist, &pixels_obj, &precision_name, &num_threads))
+    PyArrayObject *pixels = NULL, *positions = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$Ossi:encode", kwlist, &pixels_obj, &positions_obj,
+                                     &pooling_name, &precision_name, &num_threads))
         return NULL;
     if (!self->vit) return PyErr_Format(PyExc_ValueError, "Vit is not initialised");
     if (check_threads(num_threads)) return NULL;
@@ -438,22 +451,45 @@ static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
     if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
     else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
     else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    enum mp_vit_pooling pooling;
+    if (strcmp(pooling_name, "cls") == 0) pooling = MP_VIT_POOL_CLS;
+    else if (strcmp(pooling_name, "cls+mean") == 0) pooling = MP_VIT_POOL_CLS_MEAN;
+    else if (strcmp(pooling_name, "mean") == 0) pooling = MP_VIT_POOL_MEAN;
+    else return PyErr_Format(PyExc_ValueError, "pooling must be 'cls', 'cls+mean' or 'mean', got '%s'", pooling_name);
+    npy_intp E = (npy_intp)mp_vit_output_dim(self->vit, pooling);
+    if (E == 0) return PyErr_Format(PyExc_ValueError, "pooling '%s' is not available for this model", pooling_name);
     if (!(pixels = as_f32_array(pixels_obj, 4, "pixels"))) return NULL;
-    npy_intp S = (npy_intp)self->image_size;
-    if (PyArray_DIM(pixels, 1) != 3 || PyArray_DIM(pixels, 2) != S || PyArray_DIM(pixels, 3) != S) {
-        PyErr_Format(PyExc_ValueError, "pixels must be (N, 3, %zd, %zd), got (%zd, %zd, %zd, %zd)", (Py_ssize_t)S,
-                     (Py_ssize_t)S, (Py_ssize_t)PyArray_DIM(pixels, 0), (Py_ssize_t)PyArray_DIM(pixels, 1),
-                     (Py_ssize_t)PyArray_DIM(pixels, 2), (Py_ssize_t)PyArray_DIM(pixels, 3));
+    npy_intp N = PyArray_DIM(pixels, 0), S = PyArray_DIM(pixels, 2);
+    if (PyArray_DIM(pixels, 1) != 3 || PyArray_DIM(pixels, 3) != S || S < self->patch_size ||
+        (self->fixed_size && S != (npy_intp)self->image_size)) {
+        if (self->fixed_size)
+            PyErr_Format(PyExc_ValueError, "pixels must be (N, 3, %zd, %zd), got (%zd, %zd, %zd, %zd)",
+                         (Py_ssize_t)self->image_size, (Py_ssize_t)self->image_size, (Py_ssize_t)N,
+                         (Py_ssize_t)PyArray_DIM(pixels, 1), (Py_ssize_t)S, (Py_ssize_t)PyArray_DIM(pixels, 3));
+        else
+            PyErr_Format(PyExc_ValueError, "pixels must be (N, 3, S, S) with S >= %zd, got (%zd, %zd, %zd, %zd)",
+                         (Py_ssize_t)self->patch_size, (Py_ssize_t)N, (Py_ssize_t)PyArray_DIM(pixels, 1),
+                         (Py_ssize_t)S, (Py_ssize_t)PyArray_DIM(pixels, 3));
         goto done;
     }
-    npy_intp N = PyArray_DIM(pixels, 0), dims[2] = {N, (npy_intp)mp_vit_output_dim(self->vit)};
+    if (positions_obj != Py_None) {
+        if (!(positions = as_f32_array(positions_obj, 2, "positions"))) goto done;
+        npy_intp g = S / (npy_intp)self->patch_size;
+        if (PyArray_DIM(positions, 0) != 1 + g * g || PyArray_DIM(positions, 1) != (npy_intp)self->width) {
+            PyErr_Format(PyExc_ValueError, "positions must be (%zd, %zd) for %zd-pixel images, got (%zd, %zd)",
+                         (Py_ssize_t)(1 + g * g), (Py_ssize_t)self->width, (Py_ssize_t)S,
+                         (Py_ssize_t)PyArray_DIM(positions, 0), (Py_ssize_t)PyArray_DIM(positions, 1));
+            goto done;
+        }
+    }
+    npy_intp dims[2] = {N, E};
     if (!(out = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto done;
     float *out_data = PyArray_DATA((PyArrayObject *)out);
-    const float *in = PyArray_DATA(pixels);
+    const float *in = PyArray_DATA(pixels), *pos = positions ? PyArray_DATA(positions) : NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
     struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
-    status = mp_vit_encode(self->vit, out_data, in, N, precision);
+    status = mp_vit_encode(self->vit, out_data, in, N, S, pos, pooling, precision);
     mp_thread_scope_end(scope);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
@@ -464,6 +500,7 @@ static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
     out = NULL;
 done:
     Py_XDECREF(pixels);
+    Py_XDECREF(positions);
     Py_XDECREF(out);
     return result;
 }

@@ -50,6 +50,17 @@ static void test_activations(void) {
     for (int i = 0; i < N; i++) y[i] = x[i], want[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0))));
     gelu_forward(y, N);
     check_close(y, want, N, 2e-6f, "gelu over [-60, 60]");
+    // SwiGLU: three rows of [gate | up], H = 1366 features each.
+    enum { R = 3, H = N / 3 };
+    static float in[R * 2 * H], out[R * H], ref[R * H];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < H; i++) {
+            float g = x[(r * H + i) % N] / 6.0f, u = -2.0f + 4.0f * (float)((i * 7 + r) % 101) / 100.0f;
+            in[r * 2 * H + i] = g, in[r * 2 * H + H + i] = u;
+            ref[r * H + i] = (float)((double)g / (1.0 + exp(-(double)g)) * u);
+        }
+    swiglu_forward(out, in, R, H);
+    check_close(out, ref, R * H, 1e-5f, "swiglu over [-10, 10] x [-2, 2]");
 }
 
 // Attention against a double reference and against attention_forward_naive.
