@@ -72,9 +72,29 @@ static enum mp_status dnnl_result(dnnl_status_t s, const char *what) {
     return mp_error(MP_STATUS_BACKEND, "oneDNN %s failed (dnnl_status %d)", what, (int)s);
 }
 
+static int dnnl_type(enum mp_dtype t, dnnl_data_type_t *out) {
+    if (t == MP_DTYPE_F32) *out = dnnl_f32;
+    else if (t == MP_DTYPE_BF16) *out = dnnl_bf16;
+    else return -1;
+    return 0;
+}
+
 enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const float *a, const int64_t a_strides[4],
                                  const float *b, const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M,
                                  int64_t N, int64_t K, enum mp_precision precision) {
+    return mp_matmul_strided_typed(out, MP_DTYPE_F32, out_strides, a, MP_DTYPE_F32, a_strides, b, MP_DTYPE_F32,
+                                   b_strides, B0, B1, M, N, K, precision);
+}
+
+enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
+                                       enum mp_dtype a_type, const int64_t a_strides[4], const void *b,
+                                       enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0, int64_t B1,
+                                       int64_t M, int64_t N, int64_t K, enum mp_precision precision) {
+    dnnl_data_type_t at, bt, ot;
+    if (dnnl_type(a_type, &at) || dnnl_type(b_type, &bt) || dnnl_type(out_type, &ot))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: operands must be F32 or BF16");
+    if (precision == MP_PRECISION_FP32 && (at != dnnl_f32 || bt != dnnl_f32))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: fp32 precision needs F32 inputs");
     if (B0 < 0 || B1 < 0 || M < 0 || N < 0 || K < 0)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size %lld x %lld x (%lld, %lld, %lld)",
                         (long long)B0, (long long)B1, (long long)M, (long long)N, (long long)K);
@@ -83,11 +103,14 @@ enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const
     if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return MP_STATUS_OK;
     if (!out || (K > 0 && (!a || !b))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: NULL buffer");
     if (K == 0) { // oneDNN rejects zero-sized reductions; the empty sum is zero
+        size_t bytes = ot == dnnl_f32 ? 4 : 2; // +0.0 is all zero bits in both
         for (int64_t i = 0; i < B0; i++)
             for (int64_t j = 0; j < B1; j++)
                 for (int64_t m = 0; m < M; m++)
                     for (int64_t n = 0; n < N; n++)
-                        out[i * out_strides[0] + j * out_strides[1] + m * out_strides[2] + n * out_strides[3]] = 0.0f;
+                        memset((char *)out + bytes * (size_t)(i * out_strides[0] + j * out_strides[1] +
+                                                              m * out_strides[2] + n * out_strides[3]),
+                               0, bytes);
         return MP_STATUS_OK;
     }
     enum mp_status status = engine_get();
@@ -109,15 +132,15 @@ enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const
         bs[i] = b_strides[i];
         os[i] = out_strides[i];
     }
-    if ((s = dnnl_memory_desc_create_with_strides(&a_md, 4, a_dims, dnnl_f32, as)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_strides(&b_md, 4, b_dims, dnnl_f32, bs)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_strides(&out_md, 4, out_dims, dnnl_f32, os)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&a_md, 4, a_dims, at, as)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&b_md, 4, b_dims, bt, bs)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&out_md, 4, out_dims, ot, os)) != dnnl_success) goto done;
     what = "matmul primitive creation";
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
     // bf16: f32 buffers in and out; oneDNN rounds the inputs to bf16 inside the kernel
     // (fpmath mode), which costs less than converting whole copies beforehand.
-    if (precision == MP_PRECISION_BF16 &&
+    if (precision == MP_PRECISION_BF16 && (at == dnnl_f32 || bt == dnnl_f32) &&
         (s = dnnl_primitive_attr_set_fpmath_mode(attr, dnnl_fpmath_mode_bf16)) != dnnl_success)
         goto done;
     if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, a_md, b_md, NULL, out_md, attr)) != dnnl_success) goto done;
@@ -180,8 +203,9 @@ struct mp_linear {
     const float *weight;     // (N, K), the caller's, packed from on (re)planning
     dnnl_memory_t bias_mem;  // (1, N) f32 over the caller's bias, or NULL
     const float *bias;
-    // Plan for the last M: primitive, packed weights, scratchpad size.
+    // Plan for the last (M, input type, output type): primitive, packed weights, scratchpad size.
     int64_t M;
+    enum mp_dtype in_type, out_type;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t packed_md; // owned clone of the weights md the primitive wants
     dnnl_memory_t packed;
@@ -189,6 +213,9 @@ struct mp_linear {
     size_t scratch_bytes;
     uint16_t *src_bf16; // per-call bf16 copy of x
     int64_t src_cap;
+    void *scratch;              // scratchpad of the current plan, kept across calls
+    dnnl_memory_t scratch_mem;
+    dnnl_stream_t stream;       // the layer's own stream (a layer is used by one thread at a time)
 };
 
 void mp_linear_free(struct mp_linear *l) {
@@ -197,6 +224,9 @@ void mp_linear_free(struct mp_linear *l) {
     dnnl_memory_destroy(l->packed);
     dnnl_memory_desc_destroy(l->packed_md);
     dnnl_memory_destroy(l->bias_mem);
+    dnnl_memory_destroy(l->scratch_mem);
+    dnnl_stream_destroy(l->stream);
+    free(l->scratch);
     free(l->packed_buf);
     free(l->src_bf16);
     free(l);
@@ -230,8 +260,10 @@ enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const
 }
 
 // (Re)plans for M rows: primitive, and weights packed in the layout it asks for.
-static enum mp_status linear_plan(struct mp_linear *l, int64_t M) {
+static enum mp_status linear_plan(struct mp_linear *l, int64_t M, enum mp_dtype out_type) {
+    l->M = 0; // until this plan is complete
     dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t dst_type = out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, wei_any = NULL, dst_md = NULL, bias_md = NULL, user_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t ops = NULL;
@@ -249,7 +281,7 @@ static enum mp_status linear_plan(struct mp_linear *l, int64_t M) {
     if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
     if ((s = dnnl_memory_desc_create_with_tag(&wei_any, 2, wei_dims, in_type, dnnl_format_tag_any)) != dnnl_success)
         goto done;
-    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dst_type, dnnl_ab)) != dnnl_success) goto done;
     if (l->bias && (s = dnnl_memory_desc_create_with_tag(&bias_md, 2, bias_dims, dnnl_f32, dnnl_ab)) != dnnl_success)
         goto done;
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
@@ -267,7 +299,22 @@ static enum mp_status linear_plan(struct mp_linear *l, int64_t M) {
     if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
     const_dnnl_memory_desc_t want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const_dnnl_memory_desc_t scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-    l->scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
+    size_t scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
+    what = "scratchpad";
+    if (!l->stream && (s = dnnl_stream_create(&l->stream, engine, dnnl_stream_default_flags)) != dnnl_success)
+        goto done;
+    dnnl_memory_destroy(l->scratch_mem);
+    l->scratch_mem = NULL;
+    if (scratch_bytes > l->scratch_bytes) {
+        free(l->scratch);
+        l->scratch_bytes = 0;
+        if (!(l->scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64))) {
+            s = dnnl_out_of_memory;
+            goto done;
+        }
+        l->scratch_bytes = scratch_bytes;
+    }
+    if ((s = dnnl_memory_create(&l->scratch_mem, scratch_md, engine, l->scratch)) != dnnl_success) goto done;
     if (!l->packed_md || !dnnl_memory_desc_equal(l->packed_md, want)) { // pack (or repack) the weights
         what = "weight packing";
         if ((s = dnnl_memory_desc_clone(&packed_md, want)) != dnnl_success) goto done;
@@ -294,7 +341,7 @@ static enum mp_status linear_plan(struct mp_linear *l, int64_t M) {
         packed = NULL, packed_md = NULL, packed_buf = NULL;
     }
     dnnl_primitive_destroy(l->prim);
-    l->prim = prim, l->M = M;
+    l->prim = prim, l->M = M, l->out_type = out_type;
     prim = NULL;
 done:
     dnnl_stream_destroy(stream);
@@ -317,12 +364,24 @@ done:
 }
 
 enum mp_status mp_linear_forward(struct mp_linear *l, float *out, const float *in, int64_t M) {
+    return mp_linear_forward_typed(l, out, MP_DTYPE_F32, in, MP_DTYPE_F32, M);
+}
+
+enum mp_status mp_linear_forward_typed(struct mp_linear *l, void *out, enum mp_dtype out_type, const void *in,
+                                       enum mp_dtype in_type, int64_t M) {
     if (!l || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: bad arguments");
+    if ((in_type != MP_DTYPE_F32 && in_type != MP_DTYPE_BF16) || (out_type != MP_DTYPE_F32 && out_type != MP_DTYPE_BF16))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: input and output must be F32 or BF16");
+    if (l->precision == MP_PRECISION_FP32 && (in_type != MP_DTYPE_F32 || out_type != MP_DTYPE_F32))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: an fp32 layer takes and gives F32");
+    if (l->accumulate && out_type != MP_DTYPE_F32)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: accumulating into BF16 is not supported");
     if (M == 0) return MP_STATUS_OK;
     enum mp_status status = MP_STATUS_OK;
-    if (l->M != M && (status = linear_plan(l, M)) != MP_STATUS_OK) return status;
+    if ((l->M != M || l->out_type != out_type) && (status = linear_plan(l, M, out_type)) != MP_STATUS_OK)
+        return status;
     const void *src = in;
-    if (l->precision == MP_PRECISION_BF16) { // AMX takes bf16 inputs: round x once per call
+    if (l->precision == MP_PRECISION_BF16 && in_type == MP_DTYPE_F32) { // AMX takes bf16: round x once per call
         if (M * l->K > l->src_cap) {
             uint16_t *grown = realloc(l->src_bf16, (size_t)(M * l->K) * sizeof *grown);
             if (!grown) return mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_forward: bf16 input buffer");
@@ -331,38 +390,25 @@ enum mp_status mp_linear_forward(struct mp_linear *l, float *out, const float *i
         mp_dtype_convert(l->src_bf16, MP_DTYPE_BF16, in, MP_DTYPE_F32, M * l->K);
         src = l->src_bf16;
     }
-    dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t src_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, dst_md = NULL;
-    dnnl_memory_t src_mem = NULL, dst_mem = NULL, scratch_mem = NULL;
-    dnnl_stream_t stream = NULL;
-    void *scratch = NULL;
+    dnnl_memory_t src_mem = NULL, dst_mem = NULL;
     dnnl_status_t s;
     dnnl_dims_t src_dims = {M, l->K}, dst_dims = {M, l->N};
-    const_dnnl_memory_desc_t scratch_md = NULL;
-    if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, src_type, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32,
+                                              dnnl_ab)) != dnnl_success)
+        goto done;
     if ((s = dnnl_memory_create(&src_mem, src_md, engine, (void *)src)) != dnnl_success) goto done;
     if ((s = dnnl_memory_create(&dst_mem, dst_md, engine, out)) != dnnl_success) goto done;
-    if (l->scratch_bytes && !(scratch = aligned_alloc(64, (l->scratch_bytes + 63) / 64 * 64))) {
-        s = dnnl_out_of_memory;
-        goto done;
-    }
-    const_dnnl_primitive_desc_t pd;
-    if ((s = dnnl_primitive_get_primitive_desc(l->prim, &pd)) != dnnl_success) goto done;
-    scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-    if ((s = dnnl_memory_create(&scratch_mem, scratch_md, engine, scratch)) != dnnl_success) goto done;
-    if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, l->packed}, {DNNL_ARG_DST, dst_mem},
-                               {DNNL_ARG_SCRATCHPAD, scratch_mem}, {DNNL_ARG_BIAS, l->bias_mem}};
-    if ((s = dnnl_primitive_execute(l->prim, stream, l->bias_mem ? 5 : 4, args)) != dnnl_success) goto done;
-    s = dnnl_stream_wait(stream);
+                               {DNNL_ARG_SCRATCHPAD, l->scratch_mem}, {DNNL_ARG_BIAS, l->bias_mem}};
+    if ((s = dnnl_primitive_execute(l->prim, l->stream, l->bias_mem ? 5 : 4, args)) != dnnl_success) goto done;
+    s = dnnl_stream_wait(l->stream);
 done:
-    dnnl_stream_destroy(stream);
-    dnnl_memory_destroy(scratch_mem);
     dnnl_memory_destroy(dst_mem);
     dnnl_memory_destroy(src_mem);
     dnnl_memory_desc_destroy(dst_md);
     dnnl_memory_desc_destroy(src_md);
-    free(scratch);
     return dnnl_result(s, "linear execution");
 }

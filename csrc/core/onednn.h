@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "core/dtype.h"
 #include "core/status.h"
 
 enum mp_precision {
@@ -54,6 +55,13 @@ enum mp_status mp_matmul_strided(float            *out,  // (B0, B1, M, N) at ou
                                  int64_t           K,
                                  enum mp_precision precision);
 
+// mp_matmul_strided with each operand F32 or BF16 (uint16_t bits). MP_PRECISION_FP32 needs F32
+// inputs; MP_PRECISION_BF16 rounds F32 inputs inside the kernel. Accumulation is fp32.
+enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const int64_t out_strides[4],
+                                       const void *a, enum mp_dtype a_type, const int64_t a_strides[4],
+                                       const void *b, enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0,
+                                       int64_t B1, int64_t M, int64_t N, int64_t K, enum mp_precision precision);
+
 /* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
  * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to
  * bf16 per call and accumulation stays fp32). The primitive for the last row count M is
@@ -77,6 +85,16 @@ enum mp_status mp_linear_forward(struct mp_linear *linear,
                                  float            *out, // (M, N)
                                  const float      *in,  // (M, K)
                                  int64_t           M);
+
+// mp_linear_forward for a bf16 layer with BF16 activations: `in` may be BF16 (no rounding
+// pass) and `out` BF16 (rounded from the fp32 result, after the activation). An fp32 layer
+// takes only F32; an accumulating layer writes only F32.
+enum mp_status mp_linear_forward_typed(struct mp_linear *linear,
+                                       void             *out, // (M, N)
+                                       enum mp_dtype     out_type,
+                                       const void       *in,  // (M, K)
+                                       enum mp_dtype     in_type,
+                                       int64_t           M);
 
 void mp_linear_free(struct mp_linear *linear);
 

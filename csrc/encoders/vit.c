@@ -21,7 +21,21 @@ struct mp_vit {
     float *params; // every weight, one allocation, in canonical order
     float *class_emb, *registers, *patch_w, *patch_b, *pos, *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b, *proj;
     struct vit_layer *layers;
+    // The activation arena, kept for the next call (grown when a batch needs more).
+    float *arena;
+    uint16_t *arena_half; // bf16 activations
+    size_t arena_cap, half_cap;
 };
+
+// Points *buf at >= n elements of `size` bytes, reallocating when the capacity is short.
+static int arena_reserve(void **buf, size_t *cap, size_t n, size_t size) {
+    if (n <= *cap) return 0;
+    free(*buf);
+    *cap = 0;
+    if (!(*buf = malloc(n * size))) return -1;
+    *cap = n;
+    return 0;
+}
 
 static int config_valid(const struct mp_vit_config *c) {
     int clip = c->kind == MP_VIT_CLIP, dino = c->kind == MP_VIT_DINOV2;
@@ -210,6 +224,8 @@ void mp_vit_free(struct mp_vit *vit) {
     linears_free(&vit->linears[1], vit->c.layers);
     free(vit->layers);
     free(vit->params);
+    free(vit->arena);
+    free(vit->arena_half);
     free(vit);
 }
 
@@ -262,26 +278,38 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels
     if (N == 0) return MP_STATUS_OK;
     const float *pos = positions ? positions : vit->pos;
 
-    // Activations: one allocation, named views (llm.c style).
+    // Activations: one allocation, named views (llm.c style). bf16 runs keep the matmul inputs
+    // (LayerNorm outputs, q/k/v, attention output, MLP hidden) in bf16 and only the residual
+    // stream, scores and SwiGLU in fp32.
+    int bf16 = precision == MP_PRECISION_BF16;
     int64_t M1 = c->swiglu ? 2 * M : M;
-    size_t sizes[] = {(size_t)(N * P * K),
-                      (size_t)(N * P * D),
-                      (size_t)(BT * D),
-                      (size_t)(BT * D),
-                      (size_t)(BT * 3 * D),
-                      (size_t)(BT * D),
-                      (size_t)(BT * M1),
-                      c->swiglu ? (size_t)(BT * M) : 0,
-                      (size_t)(2 * N * D),
-                      attention_scores_size(N, T, c->heads)};
-    size_t total = 0;
+    size_t scores_n = attention_scores_size(N, T, c->heads);
+    size_t sizes[] = {(size_t)(N * P * K),                         // cols
+                      (size_t)(N * P * D),                         // patches
+                      (size_t)(BT * D),                            // x: residual stream
+                      bf16 ? 0 : (size_t)(BT * D),                 // h
+                      bf16 ? 0 : (size_t)(BT * 3 * D),             // qkv
+                      bf16 ? 0 : (size_t)(BT * D),                 // att
+                      bf16 && !c->swiglu ? 0 : (size_t)(BT * M1),  // mlp
+                      c->swiglu ? (size_t)(BT * M) : 0,            // gated
+                      (size_t)(2 * N * D),                         // pooled
+                      scores_n};
+    size_t halves[] = {(size_t)(BT * D), (size_t)(BT * 3 * D), (size_t)(BT * D), c->swiglu ? 0 : (size_t)(BT * M),
+                       attention_bf16_workspace_size(N, T, D, c->heads)}; // bf16: h, qkv, att, mlp, attention
+    size_t total = 0, total_half = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
-    float *arena = malloc(total * sizeof *arena);
-    if (!arena) return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_encode: cannot allocate activations for %lld images",
-                                (long long)N);
+    for (size_t i = 0; bf16 && i < sizeof halves / sizeof *halves; i++) total_half += halves[i];
+    if (arena_reserve((void **)&vit->arena, &vit->arena_cap, total, sizeof *vit->arena) ||
+        arena_reserve((void **)&vit->arena_half, &vit->half_cap, total_half, sizeof *vit->arena_half))
+        return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_encode: cannot allocate activations for %lld images",
+                        (long long)N);
+    float *arena = vit->arena;
+    uint16_t *arena_half = total_half ? vit->arena_half : NULL;
     float *cols = arena, *patches = cols + sizes[0], *x = patches + sizes[1], *h = x + sizes[2];
     float *qkv = h + sizes[3], *att = qkv + sizes[4], *mlp = att + sizes[5], *gated = mlp + sizes[6];
     float *pooled = gated + sizes[7], *scores = pooled + sizes[8];
+    uint16_t *h16 = arena_half, *qkv16 = h16 ? h16 + halves[0] : NULL, *att16 = qkv16 ? qkv16 + halves[1] : NULL;
+    uint16_t *mlp16 = att16 ? att16 + halves[2] : NULL, *probs16 = mlp16 ? mlp16 + halves[3] : NULL;
     enum mp_status status;
 
     if ((status = linears_init(vit, precision)) != MP_STATUS_OK) goto done;
@@ -306,8 +334,27 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels
         }
     if (vit->pre_ln_w) layernorm_forward(x, x, vit->pre_ln_w, vit->pre_ln_b, BT, D, c->eps);
 
+    const enum mp_dtype F32 = MP_DTYPE_F32, BF16 = MP_DTYPE_BF16;
     for (int64_t l = 0; l < c->layers; l++) {
         const struct vit_layer *w = &vit->layers[l];
+        if (bf16) {
+            layernorm_forward_bf16(h16, x, w->ln1_w, w->ln1_b, BT, D, c->eps);
+            if ((status = mp_linear_forward_typed(ls->qkv[l], qkv16, BF16, h16, BF16, BT)) ||
+                (status = attention_forward_bf16(att16, scores, probs16, qkv16, N, T, D, c->heads)) ||
+                (status = mp_linear_forward_typed(ls->out[l], x, F32, att16, BF16, BT))) // x += attn Wo^T + bo
+                goto done;
+            layernorm_forward_bf16(h16, x, w->ln2_w, w->ln2_b, BT, D, c->eps);
+            if (c->swiglu) {
+                if ((status = mp_linear_forward_typed(ls->fc1[l], mlp, F32, h16, BF16, BT))) goto done;
+                swiglu_forward(gated, mlp, BT, M);
+                status = mp_linear_forward(ls->fc2[l], x, gated, BT);
+            } else {
+                if ((status = mp_linear_forward_typed(ls->fc1[l], mlp16, BF16, h16, BF16, BT))) goto done;
+                status = mp_linear_forward_typed(ls->fc2[l], x, F32, mlp16, BF16, BT); // x += mlp W2^T + b2
+            }
+            if (status) goto done;
+            continue;
+        }
         layernorm_forward(h, x, w->ln1_w, w->ln1_b, BT, D, c->eps);
         if ((status = mp_linear_forward(ls->qkv[l], qkv, h, BT)) != MP_STATUS_OK) goto done;
         if ((status = attention_forward(att, scores, qkv, N, T, D, c->heads, precision)) != MP_STATUS_OK) goto done;
@@ -347,6 +394,5 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels
     }
     status = MP_STATUS_OK;
 done:
-    free(arena);
     return status;
 }

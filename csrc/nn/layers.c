@@ -5,45 +5,98 @@
 #include <math.h>
 #include <string.h>
 
-/* exp for fp32 in plain arithmetic, so loops over it vectorise (a libm call stops them).
- * Range reduction x = n ln2 + r with ln2 split in two, a degree-6 polynomial for e^r on
- * [-ln2/2, ln2/2] (the Cephes expf coefficients, about 1 ulp), then 2^n through the
- * exponent bits. Inputs are <= 0 here (softmax after subtracting the max, sigmoid of
- * -|z|); below -87.3 the result is 0 (e^-87.3 is the smallest normal float). */
-static inline float exp_nonpositive(float x) {
-    float keep = (float)(x >= -87.3f); // 0 for the range that underflows, 1 elsewhere
-    x = x < -87.3f ? -87.3f : x;
-    float t = x * 1.44269504088896341f + 0.5f;
-    int32_t i = (int32_t)t;
-    i -= (float)i > t; // floor for negative t
-    float n = (float)i;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t bits = (i + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return y * scale * keep;
+/* exp for fp32 in plain arithmetic, 16 values at a time, so it compiles to vector code at
+ * every ISA (a libm call would stop vectorisation, and GCC leaves a loop scalar when the clamp
+ * below shares it with the float-to-int conversion, hence three loops). Range reduction
+ * x = n ln2 + r with ln2 split in two, a degree-6 polynomial for e^r on [-ln2/2, ln2/2] (the
+ * Cephes expf coefficients, about 1 ulp), then 2^n through the exponent bits. Inputs are
+ * <= 0 here (softmax after subtracting the max, sigmoid of -|z|); below -87.3 the result is 0
+ * (e^-87.3 is the smallest normal float), and -inf gives 0. dst may equal src. */
+enum { EXP_BLOCK = 16 };
+
+static inline void exp_nonpositive16(float *dst, const float *src) {
+    float x[EXP_BLOCK], keep[EXP_BLOCK], y[EXP_BLOCK], pow2[EXP_BLOCK];
+    int32_t bits[EXP_BLOCK];
+#pragma omp simd
+    for (int i = 0; i < EXP_BLOCK; i++) {
+        keep[i] = src[i] >= -87.3f ? 1.0f : 0.0f;
+        x[i] = src[i] >= -87.3f ? src[i] : -87.3f;
+    }
+#pragma omp simd
+    for (int i = 0; i < EXP_BLOCK; i++) {
+        float t = x[i] * 1.44269504088896341f + 0.5f;
+        int32_t k = (int32_t)t;
+        k -= (float)k > t; // floor for negative t
+        float n = (float)k;
+        float r = x[i] - n * 0.693359375f + n * 2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        y[i] = (p * r * r + r + 1.0f) * keep[i];
+        bits[i] = (k + 127) << 23;
+    }
+    memcpy(pow2, bits, sizeof pow2); // 2^n
+#pragma omp simd
+    for (int i = 0; i < EXP_BLOCK; i++) dst[i] = y[i] * pow2[i];
+}
+
+// sigmoid(a * z[i]) for 16 values, from the exponential of -|a z| only, so it never overflows.
+static inline void sigmoid16(float *dst, const float *z, float a) {
+    float e[EXP_BLOCK];
+#pragma omp simd
+    for (int i = 0; i < EXP_BLOCK; i++) e[i] = -fabsf(a * z[i]);
+    exp_nonpositive16(e, e);
+#pragma omp simd
+    for (int i = 0; i < EXP_BLOCK; i++) dst[i] = (a * z[i] >= 0.0f ? 1.0f : e[i]) / (1.0f + e[i]);
+}
+
+// Rounds n floats to bf16 (nearest even, NaN kept quiet), as mp_dtype_convert does, in
+// blocks whose bits are copied out whole so the integer arithmetic vectorises.
+static void round_bf16(uint16_t *dst, const float *src, int64_t n) {
+    uint32_t bits[EXP_BLOCK];
+    for (int64_t j = 0; j < n; j += EXP_BLOCK) {
+        int m = n - j < EXP_BLOCK ? (int)(n - j) : EXP_BLOCK;
+        memcpy(bits, src + j, (size_t)m * sizeof *bits);
+#pragma omp simd
+        for (int i = 0; i < EXP_BLOCK; i++) {
+            uint32_t b = bits[i];
+            int nan = (b & 0x7fffffffu) > 0x7f800000u;
+            bits[i] = nan ? (b >> 16) | 0x40u : (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+        }
+        for (int i = 0; i < m; i++) dst[j + i] = (uint16_t)bits[i];
+    }
+}
+
+static inline void layernorm_row(float *y, const float *x, const float *weight, const float *bias, int64_t D,
+                                 float eps) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t i = 0; i < D; i++) sum += x[i];
+    double mean = sum / (double)D;
+    for (int64_t i = 0; i < D; i++) sq += ((double)x[i] - mean) * ((double)x[i] - mean);
+    float rstd = (float)(1.0 / sqrt(sq / (double)D + (double)eps));
+    float m = (float)mean;
+    for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * rstd * weight[i] + bias[i];
 }
 
 void layernorm_forward(float *out, const float *in, const float *weight, const float *bias, int64_t N, int64_t D,
                        float eps) {
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const float *x = in + n * D;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < D; i++) sum += x[i];
-        double mean = sum / (double)D;
-        for (int64_t i = 0; i < D; i++) sq += ((double)x[i] - mean) * ((double)x[i] - mean);
-        float rstd = (float)(1.0 / sqrt(sq / (double)D + (double)eps));
-        float m = (float)mean;
-        float *y = out + n * D;
-        for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * rstd * weight[i] + bias[i];
+    for (int64_t n = 0; n < N; n++) layernorm_row(out + n * D, in + n * D, weight, bias, D, eps);
+}
+
+void layernorm_forward_bf16(uint16_t *out, const float *in, const float *weight, const float *bias, int64_t N,
+                            int64_t D, float eps) {
+#pragma omp parallel
+    {
+        float row[D];
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            layernorm_row(row, in + n * D, weight, bias, D, eps);
+            round_bf16(out + n * D, row, D);
+        }
     }
 }
 
@@ -52,13 +105,18 @@ void gelu_forward(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
-// x * sigmoid(1.702 x), with the exponential of -|z| only, so it never overflows.
+// x * sigmoid(1.702 x) over n values; a last partial block goes through a padded copy.
 MP_CLONES static void quick_gelu_span(float *x, int64_t n) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float z = 1.702f * x[i];
-        float e = exp_nonpositive(-fabsf(z));
-        x[i] *= (z >= 0.0f ? 1.0f : e) / (1.0f + e); // sigmoid(z), one division
+    float s[EXP_BLOCK], tail[EXP_BLOCK] = {0};
+    int64_t i = 0;
+    for (; i + EXP_BLOCK <= n; i += EXP_BLOCK) {
+        sigmoid16(s, x + i, 1.702f);
+        for (int k = 0; k < EXP_BLOCK; k++) x[i + k] *= s[k];
+    }
+    if (i < n) {
+        memcpy(tail, x + i, (size_t)(n - i) * sizeof *tail);
+        sigmoid16(s, tail, 1.702f);
+        for (int64_t k = 0; i + k < n; k++) x[i + k] *= s[k];
     }
 }
 
@@ -68,13 +126,18 @@ void quick_gelu_forward(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i += SPAN) quick_gelu_span(x + i, n - i < SPAN ? n - i : SPAN);
 }
 
-// silu(gate) * up with silu(z) = z * sigmoid(z), as quick_gelu's sigmoid above.
+// silu(gate) * up = gate * sigmoid(gate) * up over n values.
 MP_CLONES static void swiglu_row(float *out, const float *gate, const float *up, int64_t n) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float z = gate[i];
-        float e = exp_nonpositive(-fabsf(z));
-        out[i] = z * ((z >= 0.0f ? 1.0f : e) / (1.0f + e)) * up[i];
+    float s[EXP_BLOCK], tail[EXP_BLOCK] = {0};
+    int64_t i = 0;
+    for (; i + EXP_BLOCK <= n; i += EXP_BLOCK) {
+        sigmoid16(s, gate + i, 1.0f);
+        for (int k = 0; k < EXP_BLOCK; k++) out[i + k] = gate[i + k] * s[k] * up[i + k];
+    }
+    if (i < n) {
+        memcpy(tail, gate + i, (size_t)(n - i) * sizeof *tail);
+        sigmoid16(s, tail, 1.0f);
+        for (int64_t k = 0; i + k < n; k++) out[i + k] = gate[i + k] * s[k] * up[i + k];
     }
 }
 
@@ -94,43 +157,107 @@ size_t attention_scores_size(int64_t B, int64_t T, int64_t H) {
     return (size_t)(images_per_chunk(B, T, H) * H * T * T);
 }
 
-// softmax(scale * row) in place.
+// softmax(scale * row) in place, 16 values at a time (a last partial block through a padded
+// copy: a compiler's scalar remainder loop over a 197-token row cost more than its body).
 MP_CLONES static void softmax_row(float *row, int64_t T, float scale) {
-    float max = -INFINITY, sum = 0.0f;
+    float max = -INFINITY, sum = 0.0f, x[EXP_BLOCK];
 #pragma omp simd reduction(max : max)
     for (int64_t j = 0; j < T; j++) max = row[j] > max ? row[j] : max;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < T; j++) {
-        row[j] = exp_nonpositive((row[j] - max) * scale);
-        sum += row[j];
+    int64_t j = 0;
+    for (; j + EXP_BLOCK <= T; j += EXP_BLOCK) {
+#pragma omp simd
+        for (int i = 0; i < EXP_BLOCK; i++) x[i] = (row[j + i] - max) * scale;
+        exp_nonpositive16(row + j, x);
     }
+    if (j < T) {
+        for (int i = 0; i < EXP_BLOCK; i++) x[i] = j + i < T ? (row[j + i] - max) * scale : 0.0f;
+        exp_nonpositive16(x, x);
+        for (int64_t i = 0; j + i < T; i++) row[j + i] = x[i];
+    }
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < T; j++) sum += row[j];
     float inv = 1.0f / sum;
+#pragma omp simd
     for (int64_t j = 0; j < T; j++) row[j] *= inv;
 }
 
-static void softmax_rows(float *s, int64_t rows, int64_t T, float scale) {
+// Softmax of each row; with `probs`, also the rows rounded to bf16 for the next matmul.
+static void softmax_rows(float *s, uint16_t *probs, int64_t rows, int64_t T, float scale) {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) softmax_row(s + r * T, T, scale);
+    for (int64_t r = 0; r < rows; r++) {
+        softmax_row(s + r * T, T, scale);
+        if (probs) round_bf16(probs + r * T, s + r * T, T);
+    }
+}
+
+// Attention with q, k, v and the output of type `io` (F32, or BF16 with bf16 `probs`).
+static enum mp_status attention(void *out, float *scores, uint16_t *probs, const void *qkv, enum mp_dtype io,
+                                int64_t B, int64_t T, int64_t D, int64_t H, enum mp_precision precision) {
+    int64_t hd = D / H, chunk = images_per_chunk(B, T, H);
+    size_t bytes = io == MP_DTYPE_BF16 ? 2 : 4;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+        int64_t nb = B - b0 < chunk ? B - b0 : chunk;
+        const char *base = (const char *)qkv + bytes * (size_t)(b0 * T * 3 * D);
+        // scores = q k^T per (image, head): q (T, hd) and k^T (hd, T) read from the qkv rows.
+        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, q_strides[4] = {T * 3 * D, hd, 3 * D, 1},
+                      kt_strides[4] = {T * 3 * D, hd, 1, 3 * D};
+        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, base, io, q_strides,
+                                                        base + bytes * (size_t)D, io, kt_strides, nb, H, T, T, hd,
+                                                        precision);
+        if (status != MP_STATUS_OK) return status;
+        softmax_rows(scores, io == MP_DTYPE_BF16 ? probs : NULL, nb * H * T, T, scale);
+        // out = p v per (image, head), written into the head's columns of out.
+        const int64_t v_strides[4] = {T * 3 * D, hd, 3 * D, 1}, o_strides[4] = {T * D, hd, D, 1};
+        const void *p = io == MP_DTYPE_BF16 ? (const void *)probs : (const void *)scores;
+        status = mp_matmul_strided_typed((char *)out + bytes * (size_t)(b0 * T * D), io, o_strides, p, io, s_strides,
+                                         base + bytes * (size_t)(2 * D), io, v_strides, nb, H, T, hd, T, precision);
+        if (status != MP_STATUS_OK) return status;
+    }
+    return MP_STATUS_OK;
 }
 
 enum mp_status attention_forward(float *out, float *scores, const float *qkv, int64_t B, int64_t T, int64_t D,
                                  int64_t H, enum mp_precision precision) {
+    return attention(out, scores, NULL, qkv, MP_DTYPE_F32, B, T, D, H, precision);
+}
+
+size_t attention_bf16_workspace_size(int64_t B, int64_t T, int64_t D, int64_t H) {
+    int64_t chunk = images_per_chunk(B, T, H);
+    return (size_t)(chunk * H * T * T + 3 * chunk * T * D);
+}
+
+/* bf16 attention. oneDNN 3.2 runs AMX (brgemm) batched matmuls only on dense per-head
+ * operands; on heads read in place from the qkv rows it falls back to a 4x slower gemm. So
+ * each chunk's heads are first split out: q (b, h, T, hd), k^T (b, h, hd, T), v (b, h, T, hd). */
+enum mp_status attention_forward_bf16(uint16_t *out, float *scores, uint16_t *work, const uint16_t *qkv, int64_t B,
+                                      int64_t T, int64_t D, int64_t H) {
     int64_t hd = D / H, chunk = images_per_chunk(B, T, H);
     float scale = 1.0f / sqrtf((float)hd);
+    uint16_t *probs = work, *q = probs + chunk * H * T * T, *kt = q + chunk * T * D, *v = kt + chunk * T * D;
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
         int64_t nb = B - b0 < chunk ? B - b0 : chunk;
-        const float *base = qkv + b0 * T * 3 * D;
-        // scores = q k^T per (image, head): q (T, hd) and k^T (hd, T) read from the qkv rows.
-        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, q_strides[4] = {T * 3 * D, hd, 3 * D, 1},
-                      kt_strides[4] = {T * 3 * D, hd, 1, 3 * D};
-        enum mp_status status = mp_matmul_strided(scores, s_strides, base, q_strides, base + D, kt_strides, nb, H, T,
-                                                  T, hd, precision);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t h = 0; h < H; h++) {
+                const uint16_t *rows = qkv + (b0 + b) * T * 3 * D + h * hd;
+                uint16_t *qh = q + (b * H + h) * T * hd, *kh = kt + (b * H + h) * hd * T, *vh = v + (b * H + h) * T * hd;
+                for (int64_t t = 0; t < T; t++) {
+                    memcpy(qh + t * hd, rows + t * 3 * D, (size_t)hd * sizeof *qh);
+                    memcpy(vh + t * hd, rows + t * 3 * D + 2 * D, (size_t)hd * sizeof *vh);
+                    for (int64_t d = 0; d < hd; d++) kh[d * T + t] = rows[t * 3 * D + D + d];
+                }
+            }
+        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, q_strides[4] = {H * T * hd, T * hd, hd, 1},
+                      kt_strides[4] = {H * hd * T, hd * T, T, 1}, o_strides[4] = {T * D, hd, D, 1};
+        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, q, MP_DTYPE_BF16, q_strides,
+                                                        kt, MP_DTYPE_BF16, kt_strides, nb, H, T, T, hd,
+                                                        MP_PRECISION_BF16);
         if (status != MP_STATUS_OK) return status;
-        softmax_rows(scores, nb * H * T, T, scale);
+        softmax_rows(scores, probs, nb * H * T, T, scale);
         // out = p v per (image, head), written into the head's columns of out.
-        const int64_t v_strides[4] = {T * 3 * D, hd, 3 * D, 1}, o_strides[4] = {T * D, hd, D, 1};
-        status = mp_matmul_strided(out + b0 * T * D, o_strides, scores, s_strides, base + 2 * D, v_strides, nb, H, T,
-                                   hd, T, precision);
+        status = mp_matmul_strided_typed(out + b0 * T * D, MP_DTYPE_BF16, o_strides, probs, MP_DTYPE_BF16, s_strides,
+                                         v, MP_DTYPE_BF16, q_strides, nb, H, T, hd, T, MP_PRECISION_BF16);
         if (status != MP_STATUS_OK) return status;
     }
     return MP_STATUS_OK;

@@ -20,6 +20,15 @@ void layernorm_forward(float       *out,    // (N, D)
                        int64_t      D,
                        float        eps);
 
+// layernorm_forward with the result rounded to bf16 (the input of a bf16 matmul).
+void layernorm_forward_bf16(uint16_t    *out, // (N, D) bf16
+                            const float *in,  // (N, D)
+                            const float *weight,
+                            const float *bias,
+                            int64_t      N,
+                            int64_t      D,
+                            float        eps);
+
 // In place: gelu (erf form, torch's default), or quick_gelu x * sigmoid(1.702 x) (OpenAI CLIP).
 void gelu_forward(float *x, int64_t n);
 void quick_gelu_forward(float *x, int64_t n);
@@ -43,6 +52,20 @@ enum mp_status attention_forward(float            *out,    // (B, T, D)
                                  int64_t           D,
                                  int64_t           H,
                                  enum mp_precision precision);
+
+// attention_forward on bf16 q, k, v with a bf16 output: scores and softmax in fp32, the
+// probabilities rounded to bf16 for p v. `work` holds the probabilities and per-head copies
+// of q, k^T and v for a chunk of images.
+size_t attention_bf16_workspace_size(int64_t B, int64_t T, int64_t D, int64_t H);
+
+enum mp_status attention_forward_bf16(uint16_t       *out,    // (B, T, D) bf16
+                                      float          *scores, // attention_scores_size(B, T, H)
+                                      uint16_t       *work,   // attention_bf16_workspace_size(B, T, D, H)
+                                      const uint16_t *qkv,    // (B, T, 3 * D) bf16
+                                      int64_t         B,
+                                      int64_t         T,
+                                      int64_t         D,
+                                      int64_t         H);
 
 size_t attention_scores_size(int64_t B, int64_t T, int64_t H);
 

@@ -36,6 +36,14 @@ static void test_layernorm(void) {
         char label[64];
         snprintf(label, sizeof label, "layernorm %lldx%lld", (long long)N, (long long)D);
         check_close(out, want, N * D, 2e-5f, label);
+        // The bf16 variant is the fp32 result rounded as mp_f32_to_bf16 rounds it.
+        uint16_t *out16 = malloc((size_t)(N * D) * sizeof *out16);
+        layernorm_forward_bf16(out16, x, w, b, N, D, 1e-5f);
+        int64_t mismatches = 0;
+        for (int64_t i = 0; i < N * D; i++) mismatches += out16[i] != mp_f32_to_bf16(out[i]);
+        CHECK(mismatches == 0, "layernorm_forward_bf16 %lldx%lld: %lld values differ from rounded fp32", (long long)N,
+              (long long)D, (long long)mismatches);
+        free(out16);
         free(x), free(w), free(b), free(out), free(want);
     }
 }
@@ -100,6 +108,18 @@ static void test_attention(void) {
         if (CHECK(s == MP_STATUS_OK, "%s: %s", label, mp_last_error())) check_close(out, want, B * T * D, 1e-5f, label);
         attention_forward_naive(naive, qkv, B, T, D, H);
         check_close(naive, want, B * T * D, 1e-5f, "attention_forward_naive");
+        // bf16: the same inputs rounded to bf16 (so the reference above applies to them after
+        // re-rounding), probabilities and output in bf16: |v| <= 2 keeps the error within half
+        // an output ulp (2^-8) plus the probabilities' rounding (2^-9 of sum |p v| <= 2), < 1e-2.
+        uint16_t *qkv16 = malloc((size_t)(B * T * 3 * D) * sizeof *qkv16), *out16 = malloc((size_t)(B * T * D) * 2);
+        uint16_t *work = malloc(attention_bf16_workspace_size(B, T, D, H) * sizeof *work);
+        for (int64_t i = 0; i < B * T * 3 * D; i++) qkv16[i] = mp_f32_to_bf16(qkv[i]), qkv[i] = mp_bf16_to_f32(qkv16[i]);
+        attention_forward_naive(want, qkv, B, T, D, H);
+        s = attention_forward_bf16(out16, scores, work, qkv16, B, T, D, H);
+        for (int64_t i = 0; i < B * T * D; i++) out[i] = mp_bf16_to_f32(out16[i]);
+        snprintf(label, sizeof label, "attention_forward_bf16 B=%lld T=%lld", (long long)B, (long long)T);
+        if (CHECK(s == MP_STATUS_OK, "%s: %s", label, mp_last_error())) check_close(out, want, B * T * D, 1e-2f, label);
+        free(qkv16), free(out16), free(work);
         free(qkv), free(out), free(naive), free(want), free(scores), free(p);
     }
 }
@@ -161,6 +181,25 @@ static void test_linear(void) {
                              prec ? "bf16" : "fp32", (long long)M);
                     if (CHECK(s == MP_STATUS_OK, "%s: %s", label, mp_last_error()))
                         check_close(out, want, M * N, 2e-5f, label);
+                    if (prec && !acc) { // bf16 input given as bf16, output rounded to bf16: within an output ulp
+                        uint16_t *x16 = malloc((size_t)(M * K) * 2), *y16 = malloc((size_t)(M * N) * 2);
+                        for (int64_t i = 0; i < M * K; i++) x16[i] = mp_f32_to_bf16(x[i]);
+                        s = mp_linear_forward_typed(lin, y16, MP_DTYPE_BF16, x16, MP_DTYPE_BF16, M);
+                        int64_t bad = 0;
+                        for (int64_t i = 0; s == MP_STATUS_OK && i < M * N; i++)
+                            bad += fabsf(mp_bf16_to_f32(y16[i]) - want[i]) > fabsf(want[i]) / 256.0f + 2e-5f;
+                        CHECK(s == MP_STATUS_OK && bad == 0, "%s bf16 in/out: %lld values off (%s)", label,
+                              (long long)bad, mp_last_error());
+                        free(x16), free(y16);
+                    }
+                    if (acc) {
+                        uint16_t dummy[1];
+                        CHECK(mp_linear_forward_typed(lin, dummy, MP_DTYPE_BF16, x, MP_DTYPE_F32, 1) ==
+                                  MP_STATUS_INVALID_ARGUMENT, "%s: accumulating into bf16 refused", label);
+                    }
+                    if (!prec)
+                        CHECK(mp_linear_forward_typed(lin, out, MP_DTYPE_F32, x, MP_DTYPE_BF16, M) ==
+                                  MP_STATUS_INVALID_ARGUMENT, "%s: fp32 layer refuses bf16 input", label);
                     free(x), free(out), free(want);
                 }
                 mp_linear_free(lin);
