@@ -100,6 +100,7 @@ fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg
 	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in build/fuzz/)"; exit 1; fi
 
 bench: build
+	$(PY) -m pip install -q "onnxruntime>=1.17" "onnx>=1.15"
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
