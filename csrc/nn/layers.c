@@ -153,8 +153,9 @@ static int64_t images_per_chunk(int64_t B, int64_t T, int64_t H) {
     return chunk < 1 ? 1 : chunk > B ? B : chunk;
 }
 
-size_t attention_scores_size(int64_t B, int64_t T, int64_t H) {
-    return (size_t)(images_per_chunk(B, T, H) * H * T * T);
+size_t attention_scores_size(int64_t B, int64_t T, int64_t D, int64_t H) {
+    int64_t chunk = images_per_chunk(B, T, H);
+    return (size_t)(chunk * H * T * T + 4 * chunk * T * D); // scores, then q, k^T, v, out per head
 }
 
 // softmax(scale * row) in place, 16 values at a time (a last partial block through a padded
@@ -190,77 +191,77 @@ static void softmax_rows(float *s, uint16_t *probs, int64_t rows, int64_t T, flo
     }
 }
 
-// Attention with q, k, v and the output of type `io` (F32, or BF16 with bf16 `probs`).
-static enum mp_status attention(void *out, float *scores, uint16_t *probs, const void *qkv, enum mp_dtype io,
-                                int64_t B, int64_t T, int64_t D, int64_t H, enum mp_precision precision) {
+/* Attention with q, k, v and the output of type `io` (F32, or BF16 with bf16 `probs`).
+ * oneDNN 3.2 runs its fast batched matmuls (brgemm: AMX for bf16, AVX-512 for f32) only on
+ * dense per-head operands; on heads read in place from the qkv rows it falls back to a 2-4x
+ * slower gemm. So each chunk's heads are first copied out, q (b, h, T, hd), k^T (b, h, hd, T)
+ * and v (b, h, T, hd), and the per-head outputs (b, h, T, hd) copied back into rows. */
+static enum mp_status attention(void *out, float *scores, void *heads, uint16_t *probs, const void *qkv,
+                                enum mp_dtype io, int64_t B, int64_t T, int64_t D, int64_t H,
+                                enum mp_precision precision) {
     int64_t hd = D / H, chunk = images_per_chunk(B, T, H);
-    size_t bytes = io == MP_DTYPE_BF16 ? 2 : 4;
+    size_t es = io == MP_DTYPE_BF16 ? 2 : 4;
     float scale = 1.0f / sqrtf((float)hd);
+    char *q = heads, *kt = q + es * (size_t)(chunk * T * D), *v = kt + es * (size_t)(chunk * T * D);
+    char *o = v + es * (size_t)(chunk * T * D);
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
         int64_t nb = B - b0 < chunk ? B - b0 : chunk;
-        const char *base = (const char *)qkv + bytes * (size_t)(b0 * T * 3 * D);
-        // scores = q k^T per (image, head): q (T, hd) and k^T (hd, T) read from the qkv rows.
-        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, q_strides[4] = {T * 3 * D, hd, 3 * D, 1},
-                      kt_strides[4] = {T * 3 * D, hd, 1, 3 * D};
-        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, base, io, q_strides,
-                                                        base + bytes * (size_t)D, io, kt_strides, nb, H, T, T, hd,
-                                                        precision);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t h = 0; h < H; h++) {
+                int64_t head = (b * H + h) * T * hd, row0 = (b0 + b) * T * 3 * D + h * hd;
+                const char *rows = (const char *)qkv + es * (size_t)row0;
+                for (int64_t t = 0; t < T; t++) {
+                    const char *row = rows + es * (size_t)(t * 3 * D);
+                    memcpy(q + es * (size_t)(head + t * hd), row, es * (size_t)hd);
+                    memcpy(v + es * (size_t)(head + t * hd), row + es * (size_t)(2 * D), es * (size_t)hd);
+                    if (es == 2) {
+                        const uint16_t *k = (const uint16_t *)(row + es * (size_t)D);
+                        uint16_t *dst = (uint16_t *)kt + head + t;
+                        for (int64_t d = 0; d < hd; d++) dst[d * T] = k[d];
+                    } else {
+                        const float *k = (const float *)(row + es * (size_t)D);
+                        float *dst = (float *)kt + head + t;
+                        for (int64_t d = 0; d < hd; d++) dst[d * T] = k[d];
+                    }
+                }
+            }
+        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, h_strides[4] = {H * T * hd, T * hd, hd, 1},
+                      kt_strides[4] = {H * hd * T, hd * T, T, 1};
+        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, q, io, h_strides, kt, io,
+                                                        kt_strides, nb, H, T, T, hd, precision);
         if (status != MP_STATUS_OK) return status;
         softmax_rows(scores, io == MP_DTYPE_BF16 ? probs : NULL, nb * H * T, T, scale);
-        // out = p v per (image, head), written into the head's columns of out.
-        const int64_t v_strides[4] = {T * 3 * D, hd, 3 * D, 1}, o_strides[4] = {T * D, hd, D, 1};
         const void *p = io == MP_DTYPE_BF16 ? (const void *)probs : (const void *)scores;
-        status = mp_matmul_strided_typed((char *)out + bytes * (size_t)(b0 * T * D), io, o_strides, p, io, s_strides,
-                                         base + bytes * (size_t)(2 * D), io, v_strides, nb, H, T, hd, T, precision);
+        status = mp_matmul_strided_typed(o, io, h_strides, p, io, s_strides, v, io, h_strides, nb, H, T, hd, T,
+                                         precision);
         if (status != MP_STATUS_OK) return status;
+        // out[b, t, h * hd + d] = o[b, h, t, d]
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < H; h++)
+                    memcpy((char *)out + es * (size_t)(((b0 + b) * T + t) * D + h * hd),
+                           o + es * (size_t)(((b * H + h) * T + t) * hd), es * (size_t)hd);
     }
     return MP_STATUS_OK;
 }
 
 enum mp_status attention_forward(float *out, float *scores, const float *qkv, int64_t B, int64_t T, int64_t D,
                                  int64_t H, enum mp_precision precision) {
-    return attention(out, scores, NULL, qkv, MP_DTYPE_F32, B, T, D, H, precision);
+    float *heads = scores + images_per_chunk(B, T, H) * H * T * T;
+    return attention(out, scores, heads, NULL, qkv, MP_DTYPE_F32, B, T, D, H, precision);
 }
 
 size_t attention_bf16_workspace_size(int64_t B, int64_t T, int64_t D, int64_t H) {
     int64_t chunk = images_per_chunk(B, T, H);
-    return (size_t)(chunk * H * T * T + 3 * chunk * T * D);
+    return (size_t)(chunk * H * T * T + 4 * chunk * T * D); // probabilities, then q, k^T, v, out per head
 }
 
-/* bf16 attention. oneDNN 3.2 runs AMX (brgemm) batched matmuls only on dense per-head
- * operands; on heads read in place from the qkv rows it falls back to a 4x slower gemm. So
- * each chunk's heads are first split out: q (b, h, T, hd), k^T (b, h, hd, T), v (b, h, T, hd). */
 enum mp_status attention_forward_bf16(uint16_t *out, float *scores, uint16_t *work, const uint16_t *qkv, int64_t B,
                                       int64_t T, int64_t D, int64_t H) {
-    int64_t hd = D / H, chunk = images_per_chunk(B, T, H);
-    float scale = 1.0f / sqrtf((float)hd);
-    uint16_t *probs = work, *q = probs + chunk * H * T * T, *kt = q + chunk * T * D, *v = kt + chunk * T * D;
-    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
-        int64_t nb = B - b0 < chunk ? B - b0 : chunk;
-#pragma omp parallel for collapse(2) schedule(static)
-        for (int64_t b = 0; b < nb; b++)
-            for (int64_t h = 0; h < H; h++) {
-                const uint16_t *rows = qkv + (b0 + b) * T * 3 * D + h * hd;
-                uint16_t *qh = q + (b * H + h) * T * hd, *kh = kt + (b * H + h) * hd * T, *vh = v + (b * H + h) * T * hd;
-                for (int64_t t = 0; t < T; t++) {
-                    memcpy(qh + t * hd, rows + t * 3 * D, (size_t)hd * sizeof *qh);
-                    memcpy(vh + t * hd, rows + t * 3 * D + 2 * D, (size_t)hd * sizeof *vh);
-                    for (int64_t d = 0; d < hd; d++) kh[d * T + t] = rows[t * 3 * D + D + d];
-                }
-            }
-        const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, q_strides[4] = {H * T * hd, T * hd, hd, 1},
-                      kt_strides[4] = {H * hd * T, hd * T, T, 1}, o_strides[4] = {T * D, hd, D, 1};
-        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, q, MP_DTYPE_BF16, q_strides,
-                                                        kt, MP_DTYPE_BF16, kt_strides, nb, H, T, T, hd,
-                                                        MP_PRECISION_BF16);
-        if (status != MP_STATUS_OK) return status;
-        softmax_rows(scores, probs, nb * H * T, T, scale);
-        // out = p v per (image, head), written into the head's columns of out.
-        status = mp_matmul_strided_typed(out + b0 * T * D, MP_DTYPE_BF16, o_strides, probs, MP_DTYPE_BF16, s_strides,
-                                         v, MP_DTYPE_BF16, q_strides, nb, H, T, hd, T, MP_PRECISION_BF16);
-        if (status != MP_STATUS_OK) return status;
-    }
-    return MP_STATUS_OK;
+    uint16_t *heads = work + images_per_chunk(B, T, H) * H * T * T;
+    return attention(out, scores, heads, work, qkv, MP_DTYPE_BF16, B, T, D, H, MP_PRECISION_BF16);
 }
 
 void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T, int64_t D, int64_t H) {

@@ -41,11 +41,12 @@ void swiglu_forward(float       *out, // (N, H)
                     int64_t      H);
 
 // Multi-head self-attention, no mask: out[b, t, h] = softmax(q k^T / sqrt(hd)) v for each head.
-// qkv rows hold q, k and v side by side; heads are read in place by two strided batched
-// matmuls. Scores exist for a chunk of images at a time: `scores` holds
-// attention_scores_size(...) floats. Matmuls run at `precision`, softmax in fp32.
+// qkv rows hold q, k and v side by side; a chunk of images at a time, the heads are copied
+// into dense per-head blocks (q, k^T, v) for two batched matmuls around the softmax.
+// `scores` holds attention_scores_size(...) floats: the chunk's scores, then the head copies.
+// Matmuls run at `precision`, softmax in fp32.
 enum mp_status attention_forward(float            *out,    // (B, T, D)
-                                 float            *scores, // attention_scores_size(B, T, H)
+                                 float            *scores, // attention_scores_size(B, T, D, H)
                                  const float      *qkv,    // (B, T, 3 * D)
                                  int64_t           B,
                                  int64_t           T,
@@ -59,7 +60,7 @@ enum mp_status attention_forward(float            *out,    // (B, T, D)
 size_t attention_bf16_workspace_size(int64_t B, int64_t T, int64_t D, int64_t H);
 
 enum mp_status attention_forward_bf16(uint16_t       *out,    // (B, T, D) bf16
-                                      float          *scores, // attention_scores_size(B, T, H)
+                                      float          *scores, // attention_scores_size(B, T, D, H)
                                       uint16_t       *work,   // attention_bf16_workspace_size(B, T, D, H)
                                       const uint16_t *qkv,    // (B, T, 3 * D) bf16
                                       int64_t         B,
@@ -67,7 +68,7 @@ enum mp_status attention_forward_bf16(uint16_t       *out,    // (B, T, D) bf16
                                       int64_t         D,
                                       int64_t         H);
 
-size_t attention_scores_size(int64_t B, int64_t T, int64_t H);
+size_t attention_scores_size(int64_t B, int64_t T, int64_t D, int64_t H);
 
 // Naive reference of attention_forward (scalar loops, scores one row at a time), for tests.
 void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T, int64_t D, int64_t H);

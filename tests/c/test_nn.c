@@ -80,7 +80,7 @@ static void test_attention(void) {
         float *qkv = random_floats(B * T * 3 * D, &seed, 2.0f);
         float *out = malloc((size_t)(B * T * D) * sizeof *out), *naive = malloc((size_t)(B * T * D) * sizeof *naive);
         float *want = malloc((size_t)(B * T * D) * sizeof *want);
-        float *scores = malloc(attention_scores_size(B, T, H) * sizeof *scores);
+        float *scores = malloc(attention_scores_size(B, T, D, H) * sizeof *scores);
         double *p = malloc((size_t)T * sizeof *p);
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++)
