@@ -56,7 +56,7 @@ static inline void sigmoid16(float *dst, const float *z, float a) {
 // Rounds n floats to bf16 (nearest even, NaN kept quiet), as mp_dtype_convert does, in
 // blocks whose bits are copied out whole so the integer arithmetic vectorises.
 static void round_bf16(uint16_t *dst, const float *src, int64_t n) {
-    uint32_t bits[EXP_BLOCK];
+    uint32_t bits[EXP_BLOCK] = {0}; // a partial last block computes on defined lanes
     for (int64_t j = 0; j < n; j += EXP_BLOCK) {
         int m = n - j < EXP_BLOCK ? (int)(n - j) : EXP_BLOCK;
         memcpy(bits, src + j, (size_t)m * sizeof *bits);
