@@ -88,6 +88,42 @@ def _getter(f: SafetensorsFile) -> Callable[..., np.ndarray]:
     return get
 
 
+_PIL_RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box"}  # PIL.Image.Resampling codes
+
+
+def _processor_transform(root: Path, fallback: images.Transform, image_size: int | None = None) -> images.Transform:
+    """The checkpoint's ``preprocessor_config.json`` (transformers CLIPImageProcessor /
+    BitImageProcessor fields) as a Transform; `fallback` when there is none, or, with a
+    warning, when it asks for something Transform does not express (or a crop other than
+    `image_size`, for towers that take one size only)."""
+    path = root / "preprocessor_config.json"
+    if not path.is_file():
+        return fallback
+    p = _read_json(path)
+    size, crop = p.get("size"), p.get("crop_size")
+    size = size.get("shortest_edge") if isinstance(size, dict) else size
+    crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+    resample = _PIL_RESAMPLE.get(p.get("resample", 3))
+    problem = None
+    if not p.get("do_resize", True) or not p.get("do_center_crop", True) or not p.get("do_normalize", True):
+        problem = "resize, centre crop and normalisation must all be on"
+    elif not isinstance(size, int) or not all(isinstance(c, int) for c in crop):
+        problem = f"size {p.get('size')!r} / crop_size {p.get('crop_size')!r} are not a shortest edge and a crop"
+    elif resample is None:
+        problem = f"resample {p.get('resample')!r} is not one of bicubic, bilinear, lanczos, box"
+    elif image_size is not None and crop != (image_size, image_size):
+        problem = f"crop {crop} is not the model's {image_size} x {image_size}"
+    elif abs(p.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        problem = f"rescale_factor {p.get('rescale_factor')!r} is not 1/255"
+    if problem:
+        import warnings
+
+        warnings.warn(f"{path}: {problem}; using {fallback}", stacklevel=3)
+        return fallback
+    return images.Transform(size, crop, tuple(p.get("image_mean", fallback.mean)),
+                            tuple(p.get("image_std", fallback.std)), resample)
+
+
 # --------------------------------------------------------------------------- CLIP
 
 
@@ -409,7 +445,9 @@ class CLIP(_VisionTower):
         """Load a CLIP checkpoint from a local directory or a hub id: the Hugging Face layout
         (``config.json`` + ``model.safetensors`` or a sharded index; CLIPModel or
         CLIPVisionModelWithProjection) or OpenCLIP's (``open_clip_config.json`` +
-        ``open_clip_model.safetensors``). Weights may be stored as F32, F16 or BF16."""
+        ``open_clip_model.safetensors``). Weights may be stored as F32, F16 or BF16. Images
+        are preprocessed as the checkpoint's ``preprocessor_config.json`` (or
+        ``preprocess_cfg``) says, else with OpenAI CLIP's transform at the model's size."""
         _check_precision(precision)
         root = resolve_model_dir(path_or_hub_id)
         if (root / "config.json").is_file():
@@ -417,7 +455,8 @@ class CLIP(_VisionTower):
             with SafetensorsFile(root) as f:
                 tensors = _clip_hf_tensors(f, config)
             size = config["image_size"]
-            transform = images.Transform(size, size, images.OPENAI_CLIP_MEAN, images.OPENAI_CLIP_STD)
+            transform = _processor_transform(
+                root, images.Transform(size, size, images.OPENAI_CLIP_MEAN, images.OPENAI_CLIP_STD), size)
         elif (root / "open_clip_config.json").is_file():
             config, transform = _clip_open_clip_config(_read_json(root / "open_clip_config.json"),
                                                        root / "open_clip_config.json")
@@ -473,13 +512,17 @@ class DINOv2(_VisionTower):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, precision: str = "fp32",
-                        transform: str | images.Transform = "dinov2") -> DINOv2:
+                        transform: str | images.Transform | None = None) -> DINOv2:
         """Load a Dinov2Model or Dinov2WithRegistersModel checkpoint (``config.json`` +
         safetensors, F32/F16/BF16) from a local directory or a hub id. ``transform`` is the
-        preprocessing applied to images (default: resize 256, crop 224, ImageNet mean/std)."""
+        preprocessing applied to images; by default the checkpoint's
+        ``preprocessor_config.json``, else the ``"dinov2"`` preset (resize 256, crop 224,
+        ImageNet mean/std)."""
         _check_precision(precision)
-        transform = images._transform(transform)
         root = resolve_model_dir(path_or_hub_id)
+        if transform is None:
+            transform = _processor_transform(root, images.PRESETS["dinov2"])
+        transform = images._transform(transform)
         config = _dinov2_config(_read_json(root / "config.json"), root / "config.json")
         with SafetensorsFile(root) as f:
             tensors = _dinov2_tensors(f, config)

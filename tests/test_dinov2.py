@@ -137,6 +137,12 @@ def test_images_use_the_model_transform(tmp_path):
     assert x.shape == (3, 3, 35, 35)
     np.testing.assert_array_equal(dino.encode(photos, pooling="mean"), dino.encode(x, pooling="mean"))
     assert mp.DINOv2.from_pretrained(tmp_path).transform == mp.images.PRESETS["dinov2"]
+    import transformers  # a preprocessor_config.json, as transformers writes it, takes over the default
+
+    processor_cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+    processor_cls(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}).save_pretrained(tmp_path)
+    assert mp.DINOv2.from_pretrained(tmp_path).transform.crop_size == (56, 56)
+    assert mp.DINOv2.from_pretrained(tmp_path, transform="dinov2").transform == mp.images.PRESETS["dinov2"]
 
 
 @pytest.mark.slow

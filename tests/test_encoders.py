@@ -269,3 +269,27 @@ def test_argument_errors(tmp_path):
     with pytest.raises(NotImplementedError, match="text tower"):
         clip.encode_composed([], [])
     assert clip.encode_image(np.zeros((0, 3, 64, 64), np.float32)).shape == (0, 24)
+
+
+def test_preprocessor_config_sets_the_transform(tmp_path):
+    """The checkpoint's preprocessor_config.json (as transformers writes it) drives preprocessing:
+    encoding images equals encoding the processor's own output."""
+    import transformers
+
+    config = SMALL["base-like"]
+    save_vision_model(tmp_path, **config)
+    processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor = processor_cls(size={"shortest_edge": 80}, crop_size={"height": 64, "width": 64},
+                              image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], resample=2)
+    processor.save_pretrained(tmp_path)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    assert clip.transform == mp.images.Transform(80, 64, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bilinear")
+    rng = np.random.default_rng(2)
+    photos = [rng.integers(0, 256, (90 + 11 * i, 120, 3), dtype=np.uint8) for i in range(3)]
+    want = processor([Image.fromarray(p) for p in photos], return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(clip.encode_image(photos), clip.encode_image(want.astype(np.float32)))
+    # A crop the tower cannot take: a warning, and the default transform.
+    processor_cls(crop_size={"height": 48, "width": 48}).save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="crop \\(48, 48\\) is not the model's 64 x 64"):
+        clip = mp.CLIP.from_pretrained(tmp_path)
+    assert clip.transform == mp.images.Transform(64, 64, mp.images.OPENAI_CLIP_MEAN, mp.images.OPENAI_CLIP_STD)
