@@ -283,7 +283,7 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels
     // stream, scores and SwiGLU in fp32.
     int bf16 = precision == MP_PRECISION_BF16;
     int64_t M1 = c->swiglu ? 2 * M : M;
-    size_t scores_n = attention_scores_size(N, T, D, c->heads);
+    size_t scores_n = attention_scores_size(N, T, bf16 ? 0 : D, c->heads); // bf16 keeps its head copies in bf16
     size_t sizes[] = {(size_t)(N * P * K),                         // cols
                       (size_t)(N * P * D),                         // patches
                       (size_t)(BT * D),                            // x: residual stream

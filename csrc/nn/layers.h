@@ -60,7 +60,7 @@ enum mp_status attention_forward(float            *out,    // (B, T, D)
 size_t attention_bf16_workspace_size(int64_t B, int64_t T, int64_t D, int64_t H);
 
 enum mp_status attention_forward_bf16(uint16_t       *out,    // (B, T, D) bf16
-                                      float          *scores, // attention_scores_size(B, T, D, H)
+                                      float          *scores, // attention_scores_size(B, T, 0, H): scores only
                                       uint16_t       *work,   // attention_bf16_workspace_size(B, T, D, H)
                                       const uint16_t *qkv,    // (B, T, 3 * D) bf16
                                       int64_t         B,
