@@ -45,6 +45,9 @@ $(VENV)/.installed: pyproject.toml setup.py | system-deps
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "setuptools>=77" "numpy>=2" wheel $(ONEDNN_PIP)
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	# open_clip's tokenizer is the reference for ours; its package imports torchvision, whose
+	# wheels here are CUDA builds, so only the files come in and tests load tokenizer.py alone.
+	$(PY) -m pip install -q --no-deps open_clip_torch==3.3.0
 	touch $@
 
 # Rebuilds the extension in place when a C source or header changed.

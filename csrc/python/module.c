@@ -1,23 +1,20 @@
-/* python/module.c: megapairs._core, the only file that includes Python or NumPy headers.
+/* python/module.c: megapairs._core module definition, shared helpers, and the bindings of the
+ * core, image, matmul, ViT and safetensors APIs (python/text.c binds the tokenizers).
  *
  * Every function has one shape: parse arguments, convert arrays, allocate outputs,
  * release the GIL around exactly one core call, map its status, clean up at `done:`.
  * No algorithm lives here; C checks memory (dtype, rank, contiguity, shapes) and the
  * Python layer checks meaning. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
-#include <numpy/arrayobject.h>
+#define MP_BINDING_MAIN
+#include "python/binding.h"
 
-#include "megapairs.h"
-
-static PyObject *MpError;       // megapairs.Error(RuntimeError)
-static PyObject *MpFormatError; // megapairs.FormatError(Error, ValueError)
+PyObject *MpError;       // megapairs.Error(RuntimeError)
+PyObject *MpFormatError; // megapairs.FormatError(Error, ValueError)
 
 /* ---------------------------------------------------------------- helpers */
 
 // Sets the Python exception for `status`, with mp_last_error() as its text; returns NULL.
-static PyObject *raise_status(enum mp_status status) {
+PyObject *raise_status(enum mp_status status) {
     const char *message = mp_last_error();
     if (!message[0]) message = mp_status_str(status);
     switch (status) {
@@ -32,7 +29,7 @@ static PyObject *raise_status(enum mp_status status) {
 
 // New reference to an aligned, C-contiguous float32 array of rank `ndim` made from `obj`
 // (zero-copy when it already is one), or NULL with TypeError/ValueError set.
-static PyArrayObject *as_f32_array(PyObject *obj, int ndim, const char *name) {
+PyArrayObject *as_f32_array(PyObject *obj, int ndim, const char *name) {
     PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
     if (!arr) return NULL;
     char kind = PyArray_DESCR(arr)->kind;
@@ -54,7 +51,7 @@ static PyArrayObject *as_f32_array(PyObject *obj, int ndim, const char *name) {
 
 // New reference to `out` after checking it can receive a (rows, cols) float32 result,
 // a fresh array when out is None, or NULL with an exception set.
-static PyArrayObject *output_f32(PyObject *out, npy_intp rows, npy_intp cols, const char *name) {
+PyArrayObject *output_f32(PyObject *out, npy_intp rows, npy_intp cols, const char *name) {
     npy_intp dims[2] = {rows, cols};
     if (!out || out == Py_None) return (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
     if (!PyArray_Check(out)) {
@@ -76,7 +73,7 @@ static PyArrayObject *output_f32(PyObject *out, npy_intp rows, npy_intp cols, co
     return arr;
 }
 
-static int check_threads(int num_threads) {
+int check_threads(int num_threads) {
     if (num_threads >= 0) return 0;
     PyErr_Format(PyExc_ValueError, "num_threads must be >= 0 (0 means the default), got %d", num_threads);
     return -1;
@@ -784,7 +781,7 @@ static int core_exec(PyObject *module) {
     PyObject *reader_type = PyType_FromSpec(&reader_spec);
     if (!reader_type) return -1;
     PyObject *vit_type = PyType_FromSpec(&vit_spec);
-    if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0) {
+    if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0 || mp_text_binding_add(module) < 0) {
         Py_XDECREF(vit_type);
         Py_DECREF(reader_type);
         return -1;
