@@ -29,6 +29,7 @@
 #include "core/onednn.h"
 #include "core/parallel.h"
 #include "core/status.h"
+#include "encoders/text.h"
 #include "encoders/vit.h"
 #include "image/jpeg.h"
 #include "image/preprocess.h"

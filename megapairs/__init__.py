@@ -13,7 +13,7 @@ from ._loader import load_core as _load_core
 _core = _load_core()
 
 from . import images, weights  # noqa: E402
-from .encoders import CLIP, DINOv2  # noqa: E402
+from .encoders import CLIP, DINOv2, SentenceEncoder  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 
@@ -25,6 +25,7 @@ __all__ = [
     "DINOv2",
     "Error",
     "FormatError",
+    "SentenceEncoder",
     "__version__",
     "get_num_threads",
     "images",

@@ -1,9 +1,17 @@
-"""Image encoders in the C core: CLIP vision towers and DINOv2.
+"""Encoders in the C core: CLIP (image and text towers), DINOv2, and BERT-family sentence
+encoders.
 
 >>> import megapairs as mp
 >>> clip = mp.CLIP.from_pretrained("openai/clip-vit-base-patch16")      # doctest: +SKIP
 >>> clip.encode_image(["a.jpg", "b.jpg"]).shape                          # doctest: +SKIP
 (2, 512)
+>>> clip.encode_text(["a dog on a beach", "a red car"]).shape            # doctest: +SKIP
+(2, 512)
+>>> clip.encode_composed(["a.jpg"], ["the same dog, but asleep"]).shape  # doctest: +SKIP
+(1, 512)
+>>> st = mp.SentenceEncoder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+>>> st.encode(["A blackbird.", "A crow."]).shape                         # doctest: +SKIP
+(2, 384)
 >>> dino = mp.DINOv2.from_pretrained("facebook/dinov2-base")             # doctest: +SKIP
 >>> dino.encode(["a.jpg", "b.jpg"], pooling="cls+mean").shape            # doctest: +SKIP
 (2, 1536)
@@ -13,7 +21,9 @@ index) for CLIPModel, CLIPVisionModelWithProjection, Dinov2Model and
 Dinov2WithRegistersModel, and OpenCLIP's (``open_clip_config.json`` +
 ``open_clip_model.safetensors``). The tensor tables (``_clip_hf_tensors``,
 ``_clip_open_clip_tensors``, ``_dinov2_tensors``) are the one place that knows how
-checkpoints name their tensors; the C core takes them in a fixed order (see csrc/encoders/vit.h).
+checkpoints name their tensors; the C core takes them in a fixed order (see csrc/encoders/vit.h
+and csrc/encoders/text.h). Text runs on packed sequences: each text is computed only up to its
+own length (CLIP: up to its end-of-text token, which is all the causal pooled output depends on).
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ import numpy as np
 from . import _args, _core, images
 from .weights import SafetensorsFile
 
-__all__ = ["CLIP", "DINOv2"]
+__all__ = ["CLIP", "DINOv2", "SentenceEncoder"]
 
 _ACTIVATIONS = {"gelu": 0, "quick_gelu": 1}
 _CLIP_KIND, _DINOV2_KIND = 0, 1
+_TEXT_CLIP, _TEXT_BERT = 0, 1
 POOLINGS = ("cls", "cls+mean", "mean")
 
 
@@ -50,7 +61,8 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"'{path_or_hub_id}' is not a local directory, and huggingface_hub is not installed to fetch it"
         ) from None
-    return Path(snapshot_download(str(path_or_hub_id), allow_patterns=["*.json", "*.safetensors"]))
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.txt.gz"]  # configs, weights, vocabularies
+    return Path(snapshot_download(str(path_or_hub_id), allow_patterns=patterns))
 
 
 def _read_json(path: Path) -> dict:
@@ -258,6 +270,148 @@ def _clip_open_clip_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
     return tensors
 
 
+# --------------------------------------------------------------------------- CLIP text tower
+
+
+def _clip_text_hf_config(config: dict, source: Path) -> dict | None:
+    """The text tower of a CLIPModel / CLIPTextModelWithProjection config; None for a
+    vision-only checkpoint."""
+    if "text_config" in config:
+        text, projection = config["text_config"] or {}, config.get("projection_dim", 512)
+    elif config.get("model_type") == "clip_text_model":
+        text, projection = config, config.get("projection_dim", 512)
+    else:
+        return None
+    return {
+        "kind": _TEXT_CLIP,
+        "vocab": text.get("vocab_size", 49408),
+        "positions": text.get("max_position_embeddings", 77),
+        "token_types": 0,
+        "width": text.get("hidden_size", 512),
+        "layers": text.get("num_hidden_layers", 12),
+        "heads": text.get("num_attention_heads", 8),
+        "mlp": text.get("intermediate_size", 2048),
+        "projection": projection,
+        "eps": float(text.get("layer_norm_eps", 1e-5)),
+        "activation": _activation(text.get("hidden_act", "quick_gelu"), source),
+        # transformers pools at argmax(ids) for the legacy eos id 2 of the OpenAI configs,
+        # else at the first eos token
+        "eos_token_id": text.get("eos_token_id", 49407),
+    }
+
+
+def _clip_text_layers(get, c: dict, block, names) -> list[np.ndarray]:
+    D, M = c["width"], c["mlp"]
+    tensors = []
+    for i in range(c["layers"]):
+        b = block(i)
+        tensors += [get(b + names["ln1"] + ".weight", (D,)), get(b + names["ln1"] + ".bias", (D,))]
+        tensors += names["qkv"](get, b, D)
+        tensors += [
+            get(b + names["out"] + ".weight", (D, D)), get(b + names["out"] + ".bias", (D,)),
+            get(b + names["ln2"] + ".weight", (D,)), get(b + names["ln2"] + ".bias", (D,)),
+            get(b + names["fc1"] + ".weight", (M, D)), get(b + names["fc1"] + ".bias", (M,)),
+            get(b + names["fc2"] + ".weight", (D, M)), get(b + names["fc2"] + ".bias", (D,)),
+        ]
+    return tensors
+
+
+def _hf_qkv(get, b, D):
+    qkv = [get(b + f"self_attn.{n}_proj.weight", (D, D)) for n in "qkv"]
+    bias = [get(b + f"self_attn.{n}_proj.bias", (D,)) for n in "qkv"]
+    return [np.concatenate(qkv), np.concatenate(bias)]
+
+
+def _packed_qkv(get, b, D):
+    return [get(b + "attn.in_proj_weight", (3 * D, D)), get(b + "attn.in_proj_bias", (3 * D,))]
+
+
+_HF_CLIP_LAYER = {"ln1": "layer_norm1", "qkv": _hf_qkv, "out": "self_attn.out_proj", "ln2": "layer_norm2",
+                  "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_OPEN_CLIP_LAYER = {"ln1": "ln_1", "qkv": _packed_qkv, "out": "attn.out_proj", "ln2": "ln_2",
+                    "fc1": "mlp.c_fc", "fc2": "mlp.c_proj"}
+
+
+def _clip_text_hf_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
+    """A Hugging Face CLIP text tower's tensors in the C core's order."""
+    D, get, t = c["width"], _getter(f), "text_model."
+    tensors = [get(t + "embeddings.token_embedding.weight", (c["vocab"], D)),
+               get(t + "embeddings.position_embedding.weight", (c["positions"], D))]
+    tensors += _clip_text_layers(get, c, lambda i: f"{t}encoder.layers.{i}.", _HF_CLIP_LAYER)
+    return tensors + [get(t + "final_layer_norm.weight", (D,)), get(t + "final_layer_norm.bias", (D,)),
+                      get("text_projection.weight", (c["projection"], D))]
+
+
+def _clip_text_open_clip_config(config: dict, source: Path) -> dict:
+    """The text tower of an ``open_clip_config.json`` (OpenCLIP's CLIPTextCfg defaults)."""
+    model = config.get("model_cfg") or {}
+    t = model.get("text_cfg")
+    if not isinstance(t, dict):
+        raise _core.FormatError(f"{source}: no model_cfg.text_cfg")
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if t.get(key):
+            raise _core.FormatError(f"{source}: text_cfg.{key}={t[key]!r}: Hugging Face text towers are not supported")
+    if t.get("pool_type", "argmax") != "argmax" or t.get("no_causal_mask", False) or t.get("final_ln_after_pool"):
+        raise _core.FormatError(f"{source}: only causal text towers pooled at argmax (the end token) are supported")
+    width = t.get("width", 512)
+    return {
+        "kind": _TEXT_CLIP,
+        "vocab": t.get("vocab_size", 49408),
+        "positions": t.get("context_length", 77),
+        "token_types": 0,
+        "width": width,
+        "layers": t.get("layers", 12),
+        "heads": t.get("heads", 8),
+        "mlp": int(width * t.get("mlp_ratio", 4.0)),
+        "projection": model.get("embed_dim", 512),
+        "eps": 1e-5,
+        "activation": _ACTIVATIONS["quick_gelu" if model.get("quick_gelu", False) else "gelu"],
+        "eos_token_id": 2,  # open_clip pools at argmax(ids)
+    }
+
+
+def _clip_text_open_clip_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
+    """An OpenCLIP text tower's tensors in the C core's order (``text_projection`` is stored
+    (D, E) and applied as ``x @ W``)."""
+    D, get = c["width"], _getter(f)
+    tensors = [get("token_embedding.weight", (c["vocab"], D)), get("positional_embedding", (c["positions"], D))]
+    tensors += _clip_text_layers(get, c, lambda i: f"transformer.resblocks.{i}.", _OPEN_CLIP_LAYER)
+    return tensors + [get("ln_final.weight", (D,)), get("ln_final.bias", (D,)),
+                      np.ascontiguousarray(get("text_projection", (D, c["projection"])).T)]
+
+
+def _pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
+    """Where transformers pools each row of ``ids``: the first maximum for the legacy eos id 2
+    (what open_clip does too), else the first eos token (position 0 if there is none)."""
+    if eos_token_id == 2:
+        return ids.argmax(axis=1)
+    return (ids == eos_token_id).argmax(axis=1)
+
+
+def _pack(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``ids`` cut to ``lengths`` and concatenated, with their offsets."""
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    keep = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+    return np.ascontiguousarray(ids[keep], dtype=np.int64), offsets
+
+
+def _batch_size(batch_size) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _text_list(texts, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"expected a list of strings for {what}; wrap a single text in a list")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str")
+    return texts
+
+
 # --------------------------------------------------------------------------- DINOv2
 
 
@@ -429,49 +583,76 @@ class _VisionTower:
 
 
 class CLIP(_VisionTower):
-    """A CLIP model's image tower, run by the C core.
+    """A CLIP model, run by the C core: the image tower, and the text tower when the
+    checkpoint has one.
 
     Use :meth:`from_pretrained`. ``precision='fp32'`` reproduces transformers;
     ``'bf16'`` runs the matmuls in bfloat16 (AMX where the CPU has it) with fp32
     accumulation, LayerNorm, softmax and residual stream.
     """
 
-    def __init__(self, vit: _core.Vit, config: dict, transform: images.Transform, precision: str = "fp32"):
+    def __init__(self, vit: _core.Vit, config: dict, transform: images.Transform, precision: str = "fp32",
+                 text: _core.Text | None = None, text_config: dict | None = None, tokenizer_dir: Path | None = None):
         self._vit, self.config, self.transform = vit, config, transform
         self.precision = _check_precision(precision)
+        self._text, self.text_config, self._tokenizer_dir = text, text_config, tokenizer_dir
+        self._tokenizer = None
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, precision: str = "fp32") -> CLIP:
         """Load a CLIP checkpoint from a local directory or a hub id: the Hugging Face layout
-        (``config.json`` + ``model.safetensors`` or a sharded index; CLIPModel or
-        CLIPVisionModelWithProjection) or OpenCLIP's (``open_clip_config.json`` +
-        ``open_clip_model.safetensors``). Weights may be stored as F32, F16 or BF16. Images
-        are preprocessed as the checkpoint's ``preprocessor_config.json`` (or
-        ``preprocess_cfg``) says, else with OpenAI CLIP's transform at the model's size."""
+        (``config.json`` + ``model.safetensors`` or a sharded index; CLIPModel, or
+        CLIPVisionModelWithProjection for the image tower alone) or OpenCLIP's
+        (``open_clip_config.json`` + ``open_clip_model.safetensors``). Weights may be stored as
+        F32, F16 or BF16. Images are preprocessed as the checkpoint's
+        ``preprocessor_config.json`` (or ``preprocess_cfg``) says, else with OpenAI CLIP's
+        transform at the model's size. Texts are tokenised with the checkpoint's
+        ``vocab.json`` + ``merges.txt`` when it has them, else with the OpenAI CLIP vocabulary
+        (see :class:`megapairs.text.CLIPTokenizer`)."""
         _check_precision(precision)
         root = resolve_model_dir(path_or_hub_id)
+        text = text_tensors = None
         if (root / "config.json").is_file():
-            config = _clip_hf_config(_read_json(root / "config.json"), root / "config.json")
+            raw = _read_json(root / "config.json")
+            config = _clip_hf_config(raw, root / "config.json")
+            text = _clip_text_hf_config(raw, root / "config.json")
             with SafetensorsFile(root) as f:
                 tensors = _clip_hf_tensors(f, config)
+                if text is not None:
+                    text_tensors = _clip_text_hf_tensors(f, text)
             size = config["image_size"]
             transform = _processor_transform(
                 root, images.Transform(size, size, images.OPENAI_CLIP_MEAN, images.OPENAI_CLIP_STD), size)
         elif (root / "open_clip_config.json").is_file():
-            config, transform = _clip_open_clip_config(_read_json(root / "open_clip_config.json"),
-                                                       root / "open_clip_config.json")
+            raw = _read_json(root / "open_clip_config.json")
+            config, transform = _clip_open_clip_config(raw, root / "open_clip_config.json")
             weights = root / "open_clip_model.safetensors"
             if not weights.is_file():
                 raise FileNotFoundError(f"no open_clip_model.safetensors in '{root}' (pickled .bin files are not loaded)")
             with SafetensorsFile(weights) as f:
                 tensors = _clip_open_clip_tensors(f, config)
+                if "token_embedding.weight" in f:
+                    text = _clip_text_open_clip_config(raw, root / "open_clip_config.json")
+                    text_tensors = _clip_text_open_clip_tensors(f, text)
         else:
             raise FileNotFoundError(f"no config.json or open_clip_config.json in '{root}'")
-        return cls(_core.Vit(config, tensors), config, transform, precision)
+        text_core = _core.Text(text, text_tensors) if text is not None else None
+        return cls(_core.Vit(config, tensors), config, transform, precision, text_core, text, root)
 
     @property
     def embed_dim(self) -> int:
         return self.config["projection"]
+
+    @property
+    def tokenizer(self):
+        """The :class:`megapairs.text.CLIPTokenizer` for this model's texts (loaded on first use)."""
+        if self._tokenizer is None:
+            from .text import CLIPTokenizer
+
+            root = self._tokenizer_dir
+            has_vocab = root is not None and (root / "vocab.json").is_file() and (root / "merges.txt").is_file()
+            self._tokenizer = CLIPTokenizer.from_pretrained(root if has_vocab else None)
+        return self._tokenizer
 
     def encode_image(self, images_or_pixels, normalize: bool = True, batch_size: int = 32,
                      num_threads: int | None = None) -> np.ndarray:
@@ -491,9 +672,71 @@ class CLIP(_VisionTower):
         """
         return self._encode(images_or_pixels, self.embed_dim, normalize, batch_size, num_threads)
 
-    def encode_composed(self, images_or_pixels, texts):
-        """normalise(image embedding + text embedding), the BGE-VL query encoding."""
-        raise NotImplementedError("CLIP.encode_composed needs the CLIP text tower, which megapairs does not have yet")
+    def tokenize(self, texts) -> np.ndarray:
+        """``(N, context_length)`` int64 token ids for a list of texts (open_clip.tokenize)."""
+        self._require_text()
+        return self.tokenizer(_text_list(texts), context_length=self.text_config["positions"])
+
+    def _require_text(self):
+        if self._text is None:
+            raise ValueError("this checkpoint has no text tower (a CLIPVisionModelWithProjection?); "
+                             "load a CLIPModel or an OpenCLIP checkpoint for texts")
+
+    def encode_text(self, texts_or_ids, normalize: bool = True, batch_size: int = 256,
+                    num_threads: int | None = None) -> np.ndarray:
+        """Text embeddings, ``(N, E)`` float32.
+
+        Parameters
+        ----------
+        texts_or_ids : list of str or (N, T) integer array
+            Texts (tokenised with :attr:`tokenizer`, truncated to the model's context), or
+            token ids as ``open_clip.tokenize`` / a Hugging Face CLIP tokenizer gives them.
+            Each row is pooled where transformers pools it (its end-of-text token) and computed
+            only up to there.
+        normalize : bool
+            L2-normalise the rows; False returns transformers' ``get_text_features``.
+        batch_size : int
+            Texts per forward pass.
+        num_threads : int, optional
+            Threads for this call; default :func:`megapairs.get_num_threads`.
+        """
+        self._require_text()
+        batch_size = _batch_size(batch_size)
+        threads = _args.threads(num_threads)
+        c = self.text_config
+        if isinstance(texts_or_ids, np.ndarray) and texts_or_ids.dtype.kind in "iu":
+            ids = texts_or_ids
+            if ids.ndim != 2 or ids.shape[1] < 1 or ids.shape[1] > c["positions"]:
+                raise ValueError(f"ids must be (N, T) with 1 <= T <= {c['positions']}, got shape {ids.shape}")
+        else:
+            ids = self.tokenize(texts_or_ids)
+        ids = ids.astype(np.int64, copy=False)
+        out = []
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i:i + batch_size]
+            packed, offsets = _pack(chunk, _pool_positions(chunk, c["eos_token_id"]) + 1)
+            out.append(self._text.encode(packed, offsets, precision=self.precision, num_threads=threads))
+        emb = np.concatenate(out) if out else np.empty((0, self.embed_dim), np.float32)
+        return _normalize(emb) if normalize else emb
+
+    def encode_composed(self, images_or_pixels, texts_or_ids, batch_size: int = 32,
+                        num_threads: int | None = None) -> np.ndarray:
+        """Composed-query embeddings, ``(N, E)``: L2-normalise(image features + text features),
+        the BGE-VL-base/large query encoding (each image with the text of the same index).
+
+        Parameters
+        ----------
+        images_or_pixels : list of images or (N, 3, S, S) array
+            As :meth:`encode_image` takes them.
+        texts_or_ids : list of str or (N, T) integer array
+            As :meth:`encode_text` takes them; the same N.
+        """
+        self._require_text()
+        image = self.encode_image(images_or_pixels, normalize=False, batch_size=batch_size, num_threads=num_threads)
+        text = self.encode_text(texts_or_ids, normalize=False, num_threads=num_threads)
+        if len(image) != len(text):
+            raise ValueError(f"encode_composed needs one text per image, got {len(image)} images and {len(text)} texts")
+        return _normalize(image + text)
 
 
 class DINOv2(_VisionTower):
@@ -567,3 +810,165 @@ class DINOv2(_VisionTower):
         width = self.embed_dim * (2 if pooling == "cls+mean" else 1)
         positions = self.positions(pixels.shape[2]) if pixels.shape[2] >= self.config["patch_size"] else None
         return self._encode(pixels, width, normalize, batch_size, num_threads, pooling=pooling, positions=positions)
+
+
+# --------------------------------------------------------------------------- sentence encoders
+
+
+def _bert_config(config: dict, source: Path) -> dict:
+    if config.get("model_type") != "bert":
+        raise _core.FormatError(f"{source}: model_type {config.get('model_type')!r} is not supported "
+                                "(SentenceEncoder runs BERT-architecture models)")
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise _core.FormatError(f"{source}: only absolute position embeddings are supported")
+    act = config.get("hidden_act", "gelu")
+    return {
+        "kind": _TEXT_BERT,
+        "vocab": config.get("vocab_size", 30522),
+        "positions": config.get("max_position_embeddings", 512),
+        "token_types": config.get("type_vocab_size", 2),
+        "width": config.get("hidden_size", 768),
+        "layers": config.get("num_hidden_layers", 12),
+        "heads": config.get("num_attention_heads", 12),
+        "mlp": config.get("intermediate_size", 3072),
+        "projection": 0,
+        "eps": float(config.get("layer_norm_eps", 1e-12)),
+        "activation": _activation("gelu" if act == "gelu_python" else act, source),
+    }
+
+
+def _bert_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
+    """A Hugging Face BertModel's tensors in the C core's order, with or without a ``bert.``
+    prefix (checkpoints saved from a task model)."""
+    D, M, get = c["width"], c["mlp"], _getter(f)
+    prefix = next((k[: -len("embeddings.word_embeddings.weight")] for k in f.keys()
+                   if k.endswith("embeddings.word_embeddings.weight")), "")
+    e = prefix + "embeddings."
+    tensors = [get(e + "word_embeddings.weight", (c["vocab"], D)),
+               get(e + "position_embeddings.weight", (c["positions"], D)),
+               get(e + "token_type_embeddings.weight", (c["token_types"], D)),
+               get(e + "LayerNorm.weight", (D,)), get(e + "LayerNorm.bias", (D,))]
+    for i in range(c["layers"]):
+        b = f"{prefix}encoder.layer.{i}."
+        a = b + "attention."
+        tensors += [
+            get(a + "output.LayerNorm.weight", (D,)), get(a + "output.LayerNorm.bias", (D,)),
+            np.concatenate([get(a + f"self.{n}.weight", (D, D)) for n in ("query", "key", "value")]),
+            np.concatenate([get(a + f"self.{n}.bias", (D,)) for n in ("query", "key", "value")]),
+            get(a + "output.dense.weight", (D, D)), get(a + "output.dense.bias", (D,)),
+            get(b + "output.LayerNorm.weight", (D,)), get(b + "output.LayerNorm.bias", (D,)),
+            get(b + "intermediate.dense.weight", (M, D)), get(b + "intermediate.dense.bias", (M,)),
+            get(b + "output.dense.weight", (D, M)), get(b + "output.dense.bias", (D,)),
+        ]
+    return tensors
+
+
+_ST_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def _sentence_transformers_layout(root: Path) -> tuple[Path, str, bool, int | None]:
+    """(transformer folder, pooling, normalize, max_seq_length) of a sentence-transformers
+    model folder; a plain Hugging Face BERT folder gives mean pooling without normalisation,
+    as sentence-transformers builds it."""
+    modules_path = root / "modules.json"
+    if not modules_path.is_file():
+        return root, "mean", False, None
+    try:
+        modules = json.loads(modules_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _core.FormatError(f"{modules_path}: invalid JSON: {exc}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise _core.FormatError(f"{modules_path}: expected a list of module objects")
+    transformer, pooling, normalize = None, None, False
+    for m in modules:
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        folder = root / str(m.get("path", ""))
+        if kind == "Transformer":
+            transformer = folder
+        elif kind == "Pooling":
+            cfg = _read_json(folder / "config.json")
+            modes = [name for key, name in _ST_POOLINGS.items() if cfg.get(key)]
+            others = [k for k, v in cfg.items() if k.startswith("pooling_mode_") and v and k not in _ST_POOLINGS]
+            if len(modes) != 1 or others:
+                raise _core.FormatError(f"{folder / 'config.json'}: pooling {modes + others} is not supported "
+                                        "(one of mean or cls)")
+            pooling = modes[0]
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise _core.FormatError(f"{modules_path}: module type {m.get('type')!r} is not supported")
+    if transformer is None:
+        raise _core.FormatError(f"{modules_path}: no Transformer module")
+    max_len = None
+    bert_config = transformer / "sentence_bert_config.json"
+    if bert_config.is_file():
+        max_len = _read_json(bert_config).get("max_seq_length")
+    return transformer, pooling or "mean", normalize, max_len
+
+
+class SentenceEncoder:
+    """A BERT-family sentence encoder (sentence-transformers model folders such as
+    all-MiniLM-L6-v2), run by the C core: WordPiece tokenisation, the post-norm BERT encoder
+    on packed sequences (no padding computed), mean or CLS pooling, optional L2
+    normalisation.
+
+    Use :meth:`from_pretrained`. ``precision='fp32'`` reproduces sentence-transformers;
+    ``'bf16'`` runs the matmuls in bfloat16 with fp32 accumulation.
+    """
+
+    def __init__(self, text: _core.Text, config: dict, tokenizer, pooling: str = "mean", normalize: bool = True,
+                 max_seq_length: int = 512, precision: str = "fp32"):
+        self._text, self.config, self.tokenizer = text, config, tokenizer
+        self.pooling, self.normalize, self.max_seq_length = pooling, normalize, max_seq_length
+        self.precision = _check_precision(precision)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, precision: str = "fp32") -> SentenceEncoder:
+        """Load a sentence-transformers model folder (``modules.json``: Transformer, Pooling
+        mean or cls, optional Normalize) or a plain Hugging Face BERT folder (``config.json``,
+        ``model.safetensors``, ``vocab.txt``), from a local directory or a hub id. Sequences are
+        truncated at ``max_seq_length`` from ``sentence_bert_config.json`` (else the model's
+        position count)."""
+        from .text import WordPieceTokenizer
+
+        _check_precision(precision)
+        root = resolve_model_dir(path_or_hub_id)
+        folder, pooling, normalize, max_len = _sentence_transformers_layout(root)
+        config = _bert_config(_read_json(folder / "config.json"), folder / "config.json")
+        with SafetensorsFile(folder) as f:
+            tensors = _bert_tensors(f, config)
+        tokenizer = WordPieceTokenizer.from_pretrained(folder)
+        max_len = min(int(max_len or config["positions"]), config["positions"])
+        return cls(_core.Text(config, tensors), config, tokenizer, pooling, normalize, max_len, precision)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config["width"]
+
+    def encode(self, texts, normalize: bool | None = None, batch_size: int = 64,
+               num_threads: int | None = None) -> np.ndarray:
+        """Sentence embeddings, ``(N, D)`` float32.
+
+        Parameters
+        ----------
+        texts : list of str
+            The sentences; each is truncated to :attr:`max_seq_length` tokens.
+        normalize : bool, optional
+            L2-normalise the rows; default as the model folder says (its Normalize module).
+        batch_size : int
+            Texts per forward pass.
+        num_threads : int, optional
+            Threads for this call; default :func:`megapairs.get_num_threads`.
+        """
+        texts = _text_list(texts)
+        batch_size = _batch_size(batch_size)
+        threads = _args.threads(num_threads)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[i:i + batch_size], max_length=self.max_seq_length)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            packed, offsets = _pack(ids, mask.sum(axis=1))
+            out.append(self._text.encode(packed, offsets, pooling=self.pooling, precision=self.precision,
+                                         num_threads=threads))
+        emb = np.concatenate(out) if out else np.empty((0, self.embed_dim), np.float32)
+        return _normalize(emb) if (self.normalize if normalize is None else normalize) else emb

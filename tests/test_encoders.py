@@ -116,7 +116,8 @@ def open_clip_state(model):
         "visual.ln_post.bias": sd[hf + "post_layernorm.bias"],
         "visual.proj": np.ascontiguousarray(sd["visual_projection.weight"].T),
     }
-    for i in range(model.config.num_hidden_layers):
+    vision = getattr(model.config, "vision_config", model.config)  # CLIPModel or the vision tower alone
+    for i in range(vision.num_hidden_layers):
         src, dst = f"{hf}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             out[dst + f"attn.in_proj_{kind}"] = np.concatenate([sd[src + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
@@ -266,7 +267,7 @@ def test_argument_errors(tmp_path):
         mp.CLIP.from_pretrained(tmp_path, precision="fp16")
     with pytest.raises(ValueError, match="batch_size"):
         clip.encode_image(np.zeros((1, 3, 64, 64), np.float32), batch_size=0)
-    with pytest.raises(NotImplementedError, match="text tower"):
+    with pytest.raises(ValueError, match="no text tower"):  # a vision-only checkpoint
         clip.encode_composed([], [])
     assert clip.encode_image(np.zeros((0, 3, 64, 64), np.float32)).shape == (0, 24)
 

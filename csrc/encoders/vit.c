@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "encoders/params.h"
 #include "nn/layers.h"
 
 struct vit_layer {
@@ -27,15 +28,6 @@ struct mp_vit {
     size_t arena_cap, half_cap;
 };
 
-// Points *buf at >= n elements of `size` bytes, reallocating when the capacity is short.
-static int arena_reserve(void **buf, size_t *cap, size_t n, size_t size) {
-    if (n <= *cap) return 0;
-    free(*buf);
-    *cap = 0;
-    if (!(*buf = malloc(n * size))) return -1;
-    *cap = n;
-    return 0;
-}
 
 static int config_valid(const struct mp_vit_config *c) {
     int clip = c->kind == MP_VIT_CLIP, dino = c->kind == MP_VIT_DINOV2;
@@ -46,19 +38,7 @@ static int config_valid(const struct mp_vit_config *c) {
            (c->activation == MP_ACTIVATION_GELU || c->activation == MP_ACTIVATION_QUICK_GELU);
 }
 
-struct walker {
-    int64_t n;      // tensors so far
-    int64_t *numel; // sizes, or NULL
-    float *cursor;  // next parameter, or NULL
-};
 
-static float *take(struct walker *w, int64_t count) {
-    if (w->numel) w->numel[w->n] = count;
-    w->n++;
-    float *view = w->cursor;
-    if (view) w->cursor += count;
-    return view;
-}
 
 /* The canonical order, in one place: walks the tensors of `c`, recording each size in
  * numel[] (when given) and binding vit's views to its params (when vit is given). Returns
@@ -67,37 +47,37 @@ static int64_t walk(const struct mp_vit_config *c, int64_t *numel, struct mp_vit
     int64_t D = c->width, M = c->mlp, M1 = c->swiglu ? 2 * c->mlp : c->mlp, p = c->patch_size;
     int64_t G = c->image_size / p;
     int dino = c->kind == MP_VIT_DINOV2;
-    struct walker w = {0, numel, vit ? vit->params : NULL};
+    struct mp_walker w = {0, numel, vit ? vit->params : NULL};
     struct mp_vit scratch = {0}, *t = vit ? vit : &scratch;
-    t->class_emb = take(&w, D);
-    if (dino && c->registers > 0) t->registers = take(&w, c->registers * D);
-    t->patch_w = take(&w, D * 3 * p * p);
-    if (dino) t->patch_b = take(&w, D);
-    t->pos = take(&w, (1 + G * G) * D);
+    t->class_emb = mp_walker_take(&w, D);
+    if (dino && c->registers > 0) t->registers = mp_walker_take(&w, c->registers * D);
+    t->patch_w = mp_walker_take(&w, D * 3 * p * p);
+    if (dino) t->patch_b = mp_walker_take(&w, D);
+    t->pos = mp_walker_take(&w, (1 + G * G) * D);
     if (!dino) {
-        t->pre_ln_w = take(&w, D);
-        t->pre_ln_b = take(&w, D);
+        t->pre_ln_w = mp_walker_take(&w, D);
+        t->pre_ln_b = mp_walker_take(&w, D);
     }
     for (int64_t l = 0; l < c->layers; l++) {
         struct vit_layer layer = {0}, *y = vit ? &vit->layers[l] : &layer;
-        y->ln1_w = take(&w, D);
-        y->ln1_b = take(&w, D);
-        y->qkv_w = take(&w, 3 * D * D);
-        y->qkv_b = take(&w, 3 * D);
-        y->out_w = take(&w, D * D);
-        y->out_b = take(&w, D);
-        if (dino) y->ls1 = take(&w, D);
-        y->ln2_w = take(&w, D);
-        y->ln2_b = take(&w, D);
-        y->fc1_w = take(&w, M1 * D);
-        y->fc1_b = take(&w, M1);
-        y->fc2_w = take(&w, D * M);
-        y->fc2_b = take(&w, D);
-        if (dino) y->ls2 = take(&w, D);
+        y->ln1_w = mp_walker_take(&w, D);
+        y->ln1_b = mp_walker_take(&w, D);
+        y->qkv_w = mp_walker_take(&w, 3 * D * D);
+        y->qkv_b = mp_walker_take(&w, 3 * D);
+        y->out_w = mp_walker_take(&w, D * D);
+        y->out_b = mp_walker_take(&w, D);
+        if (dino) y->ls1 = mp_walker_take(&w, D);
+        y->ln2_w = mp_walker_take(&w, D);
+        y->ln2_b = mp_walker_take(&w, D);
+        y->fc1_w = mp_walker_take(&w, M1 * D);
+        y->fc1_b = mp_walker_take(&w, M1);
+        y->fc2_w = mp_walker_take(&w, D * M);
+        y->fc2_b = mp_walker_take(&w, D);
+        if (dino) y->ls2 = mp_walker_take(&w, D);
     }
-    t->post_ln_w = take(&w, D);
-    t->post_ln_b = take(&w, D);
-    if (!dino) t->proj = take(&w, c->projection * D);
+    t->post_ln_w = mp_walker_take(&w, D);
+    t->post_ln_b = mp_walker_take(&w, D);
+    if (!dino) t->proj = mp_walker_take(&w, c->projection * D);
     return w.n;
 }
 
@@ -141,22 +121,13 @@ enum mp_status mp_vit_init(struct mp_vit **out, const struct mp_vit_config *c, c
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_init: cannot allocate the model");
     }
     walk(c, numel, NULL);
-    int64_t total = 0;
-    for (int64_t i = 0; i < count; i++) {
-        if (!tensors[i]) {
-            free(layers), free(vit), free(numel);
-            return mp_error(MP_STATUS_INVALID_ARGUMENT, "vit_init: tensor %lld is NULL", (long long)i);
-        }
-        total += numel[i];
-    }
-    float *params = malloc((size_t)total * sizeof *params);
-    if (!params) {
-        free(layers), free(vit), free(numel);
-        return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_init: cannot allocate %lld parameters", (long long)total);
-    }
-    for (int64_t i = 0, offset = 0; i < count; offset += numel[i], i++)
-        memcpy(params + offset, tensors[i], (size_t)numel[i] * sizeof *params);
+    float *params;
+    enum mp_status status = mp_params_copy(&params, tensors, numel, count, "vit_init");
     free(numel);
+    if (status) {
+        free(layers), free(vit);
+        return status;
+    }
     vit->c = *c;
     vit->params = params;
     vit->layers = layers;
@@ -299,8 +270,8 @@ enum mp_status mp_vit_encode(struct mp_vit *vit, float *out, const float *pixels
     size_t total = 0, total_half = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
     for (size_t i = 0; bf16 && i < sizeof halves / sizeof *halves; i++) total_half += halves[i];
-    if (arena_reserve((void **)&vit->arena, &vit->arena_cap, total, sizeof *vit->arena) ||
-        arena_reserve((void **)&vit->arena_half, &vit->half_cap, total_half, sizeof *vit->arena_half))
+    if (mp_arena_reserve((void **)&vit->arena, &vit->arena_cap, total, sizeof *vit->arena) ||
+        mp_arena_reserve((void **)&vit->arena_half, &vit->half_cap, total_half, sizeof *vit->arena_half))
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "vit_encode: cannot allocate activations for %lld images",
                         (long long)N);
     float *arena = vit->arena;

@@ -298,3 +298,48 @@ void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T,
                 }
             }
 }
+
+/* Attention over packed sequences of different lengths (text): one (sequence, head) per task,
+ * scores one row at a time. Text sequences are short (a caption is 10-40 tokens), where
+ * oneDNN's per-shape primitives would cost more than the arithmetic. */
+MP_CLONES static void attention_head(float *out, const float *qkv, float *row, int64_t T, int64_t D, int64_t hd,
+                                     int causal, float scale) {
+    for (int64_t t = 0; t < T; t++) {
+        const float *q = qkv + t * 3 * D;
+        int64_t J = causal ? t + 1 : T;
+        for (int64_t j = 0; j < J; j++) {
+            const float *k = qkv + j * 3 * D + D;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t d = 0; d < hd; d++) dot += q[d] * k[d];
+            row[j] = dot;
+        }
+        softmax_row(row, J, scale);
+        float *o = out + t * D;
+        memset(o, 0, (size_t)hd * sizeof *o);
+        for (int64_t j = 0; j < J; j++) {
+            const float *v = qkv + j * 3 * D + 2 * D;
+            float p = row[j];
+#pragma omp simd
+            for (int64_t d = 0; d < hd; d++) o[d] += p * v[d];
+        }
+    }
+}
+
+void attention_varlen_forward(float *out, const float *qkv, const int64_t *offsets, int64_t N, int64_t D, int64_t H,
+                              int causal) {
+    int64_t hd = D / H, longest = 1;
+    for (int64_t s = 0; s < N; s++)
+        if (offsets[s + 1] - offsets[s] > longest) longest = offsets[s + 1] - offsets[s];
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        float row[longest];
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t job = 0; job < N * H; job++) {
+            int64_t s = job / H, h = job % H, first = offsets[s];
+            attention_head(out + first * D + h * hd, qkv + first * 3 * D + h * hd, row, offsets[s + 1] - first, D,
+                           hd, causal, scale);
+        }
+    }
+}

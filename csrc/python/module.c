@@ -347,9 +347,69 @@ static int dict_int(PyObject *dict, const char *key, int64_t *out) {
     return 0;
 }
 
+// A model's tensors as float32 arrays, each checked against the size the config gives it.
+struct tensor_list {
+    Py_ssize_t n;
+    PyArrayObject **arrays;
+    const float **ptrs;
+};
+
+static void tensor_list_free(struct tensor_list *t) {
+    for (Py_ssize_t i = 0; t->arrays && i < t->n; i++) Py_XDECREF(t->arrays[i]);
+    PyMem_Free(t->arrays);
+    PyMem_Free(t->ptrs);
+    memset(t, 0, sizeof *t);
+}
+
+// Fills `t` from the sequence `obj`; `expected` tensors (-1: the config is inconsistent),
+// tensor i of numel(config, i) elements. -1 with an exception set on failure.
+static int tensor_list_init(struct tensor_list *t, PyObject *obj, int64_t expected,
+                            int64_t (*numel)(const void *config, int64_t i), const void *config) {
+    memset(t, 0, sizeof *t);
+    if (expected < 0) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent model config");
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(obj, "tensors must be a sequence");
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n != expected) {
+        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd", (long long)expected, n);
+        goto fail;
+    }
+    t->arrays = PyMem_Calloc((size_t)n + 1, sizeof *t->arrays);
+    t->ptrs = PyMem_Calloc((size_t)n + 1, sizeof *t->ptrs);
+    if (!t->arrays || !t->ptrs) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    t->n = n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        t->arrays[i] = (PyArrayObject *)PyArray_FROM_OTF(PySequence_Fast_GET_ITEM(seq, i), NPY_FLOAT32,
+                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        if (!t->arrays[i]) goto fail;
+        int64_t want = numel(config, i);
+        if (PyArray_SIZE(t->arrays[i]) != want) {
+            PyErr_Format(PyExc_ValueError, "tensor %zd has %zd elements, the config needs %lld", i,
+                         (Py_ssize_t)PyArray_SIZE(t->arrays[i]), (long long)want);
+            goto fail;
+        }
+        t->ptrs[i] = PyArray_DATA(t->arrays[i]);
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    tensor_list_free(t);
+    return -1;
+}
+
+static int64_t vit_numel(const void *config, int64_t i) { return mp_vit_tensor_numel(config, i); }
+static int64_t text_numel(const void *config, int64_t i) { return mp_text_tensor_numel(config, i); }
+
 static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"config", "tensors", NULL};
-    PyObject *config, *tensors_obj, *seq = NULL;
+    PyObject *config, *tensors_obj;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Vit", kwlist, &PyDict_Type, &config, &tensors_obj)) return -1;
     struct mp_vit_config c = {0};
     int64_t activation = 0, kind = 0;
@@ -371,39 +431,13 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     if (PyErr_Occurred()) return -1;
     c.kind = (enum mp_vit_kind)kind;
     c.activation = (enum mp_activation)activation;
-    if (!(seq = PySequence_Fast(tensors_obj, "tensors must be a sequence"))) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct tensor_list t;
+    if (tensor_list_init(&t, tensors_obj, mp_vit_tensor_count(&c), vit_numel, &c)) return -1;
     int rc = -1;
-    PyArrayObject **arrays = PyMem_Calloc((size_t)n + 1, sizeof *arrays);
-    const float **ptrs = PyMem_Calloc((size_t)n + 1, sizeof *ptrs);
-    if (!arrays || !ptrs) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    int64_t expected = mp_vit_tensor_count(&c);
-    if (expected < 0) {
-        PyErr_SetString(PyExc_ValueError, "inconsistent ViT config");
-        goto done;
-    }
-    if (n != expected) {
-        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd", (long long)expected, n);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        arrays[i] = (PyArrayObject *)PyArray_FROM_OTF(PySequence_Fast_GET_ITEM(seq, i), NPY_FLOAT32,
-                                                      NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-        if (!arrays[i]) goto done;
-        if (PyArray_SIZE(arrays[i]) != mp_vit_tensor_numel(&c, i)) {
-            PyErr_Format(PyExc_ValueError, "tensor %zd has %zd elements, the config needs %lld", i,
-                         (Py_ssize_t)PyArray_SIZE(arrays[i]), (long long)mp_vit_tensor_numel(&c, i));
-            goto done;
-        }
-        ptrs[i] = PyArray_DATA(arrays[i]);
-    }
     struct mp_vit *vit = NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = mp_vit_init(&vit, &c, ptrs, n);
+    status = mp_vit_init(&vit, &c, t.ptrs, t.n);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
@@ -417,10 +451,7 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     self->fixed_size = c.kind == MP_VIT_CLIP;
     rc = 0;
 done:
-    for (Py_ssize_t i = 0; arrays && i < n; i++) Py_XDECREF(arrays[i]);
-    PyMem_Free(arrays);
-    PyMem_Free(ptrs);
-    Py_DECREF(seq);
+    tensor_list_free(&t);
     return rc;
 }
 
@@ -522,6 +553,165 @@ static PyType_Spec vit_spec = {
     .basicsize = sizeof(VitObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = vit_slots,
+};
+
+/* ---------------------------------------------------------------- text transformer */
+
+typedef struct {
+    PyObject_HEAD
+    struct mp_text *text;
+} TextObject;
+
+static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"config", "tensors", NULL};
+    PyObject *config, *tensors_obj;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Text", kwlist, &PyDict_Type, &config, &tensors_obj))
+        return -1;
+    struct mp_text_config c = {0};
+    int64_t activation = 0, kind = 0;
+    if (dict_int(config, "kind", &kind) || dict_int(config, "vocab", &c.vocab) ||
+        dict_int(config, "positions", &c.positions) || dict_int(config, "token_types", &c.token_types) ||
+        dict_int(config, "width", &c.width) || dict_int(config, "layers", &c.layers) ||
+        dict_int(config, "heads", &c.heads) || dict_int(config, "mlp", &c.mlp) ||
+        dict_int(config, "projection", &c.projection) || dict_int(config, "activation", &activation))
+        return -1;
+    PyObject *eps = PyDict_GetItemString(config, "eps");
+    if (!eps) {
+        PyErr_SetString(PyExc_ValueError, "config has no 'eps'");
+        return -1;
+    }
+    c.eps = (float)PyFloat_AsDouble(eps);
+    if (PyErr_Occurred()) return -1;
+    c.kind = (enum mp_text_kind)kind;
+    c.activation = (enum mp_activation)activation;
+    struct tensor_list t;
+    if (tensor_list_init(&t, tensors_obj, mp_text_tensor_count(&c), text_numel, &c)) return -1;
+    int rc = -1;
+    struct mp_text *text = NULL;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = mp_text_init(&text, &c, t.ptrs, t.n);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    mp_text_free(self->text);
+    self->text = text;
+    rc = 0;
+done:
+    tensor_list_free(&t);
+    return rc;
+}
+
+static void text_dealloc(TextObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    mp_text_free(self->text);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+// New reference to a C-contiguous int64 vector made from `obj`, or NULL with an exception set.
+static PyArrayObject *as_i64_vector(PyObject *obj, const char *name) {
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr) return NULL;
+    char kind = PyArray_DESCR(arr)->kind;
+    if ((kind != 'i' && kind != 'u') || PyArray_NDIM(arr) != 1) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 1-D integer array, got %d-D dtype %R", name, PyArray_NDIM(arr),
+                     PyArray_DESCR(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    PyArrayObject *i64 = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)arr, NPY_INT64,
+                                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(arr);
+    return i64;
+}
+
+// encode(ids (R,), offsets (N + 1,), *, token_types=None, pooling="last", precision="fp32",
+//        num_threads=0) -> (N, output dim) float32
+static PyObject *text_encode(TextObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"ids", "offsets", "token_types", "pooling", "precision", "num_threads", NULL};
+    PyObject *ids_obj, *offsets_obj, *types_obj = Py_None, *result = NULL, *out = NULL;
+    const char *precision_name = "fp32", *pooling_name = "last";
+    int num_threads = 0;
+    PyArrayObject *ids = NULL, *offsets = NULL, *types = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|$Ossi:encode", kwlist, &ids_obj, &offsets_obj, &types_obj,
+                                     &pooling_name, &precision_name, &num_threads))
+        return NULL;
+    if (!self->text) return PyErr_Format(PyExc_ValueError, "Text is not initialised");
+    if (check_threads(num_threads)) return NULL;
+    enum mp_precision precision;
+    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
+    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
+    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    enum mp_text_pooling pooling;
+    if (strcmp(pooling_name, "last") == 0) pooling = MP_TEXT_POOL_LAST;
+    else if (strcmp(pooling_name, "mean") == 0) pooling = MP_TEXT_POOL_MEAN;
+    else if (strcmp(pooling_name, "cls") == 0) pooling = MP_TEXT_POOL_CLS;
+    else return PyErr_Format(PyExc_ValueError, "pooling must be 'last', 'mean' or 'cls', got '%s'", pooling_name);
+    npy_intp E = (npy_intp)mp_text_output_dim(self->text, pooling);
+    if (E == 0) return PyErr_Format(PyExc_ValueError, "pooling '%s' is not available for this model", pooling_name);
+    if (!(ids = as_i64_vector(ids_obj, "ids")) || !(offsets = as_i64_vector(offsets_obj, "offsets"))) goto done;
+    if (types_obj != Py_None && !(types = as_i64_vector(types_obj, "token_types"))) goto done;
+    npy_intp N = PyArray_DIM(offsets, 0) - 1, R = PyArray_DIM(ids, 0);
+    const int64_t *off = PyArray_DATA(offsets);
+    if (N < 0 || off[N] != R || (types && PyArray_DIM(types, 0) != R)) {
+        PyErr_Format(PyExc_ValueError,
+                     "offsets must hold N + 1 >= 1 entries ending at len(ids) = %zd, and token_types match ids",
+                     (Py_ssize_t)R);
+        goto done;
+    }
+    for (npy_intp s = 0; s < N; s++)
+        if (off[s + 1] < off[s]) {
+            PyErr_Format(PyExc_ValueError, "offsets must be nondecreasing (offsets[%zd] > offsets[%zd])",
+                         (Py_ssize_t)s, (Py_ssize_t)(s + 1));
+            goto done;
+        }
+    npy_intp dims[2] = {N, E};
+    if (!(out = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0))) goto done;
+    float *out_data = PyArray_DATA((PyArrayObject *)out);
+    const int64_t *id_data = PyArray_DATA(ids), *type_data = types ? PyArray_DATA(types) : NULL;
+    enum mp_status status;
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_text_encode(self->text, out_data, id_data, type_data, off, N, pooling, precision);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    result = out;
+    out = NULL;
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(offsets);
+    Py_XDECREF(types);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyMethodDef text_methods[] = {
+    {"encode", (PyCFunction)(void (*)(void))text_encode, METH_VARARGS | METH_KEYWORDS,
+     "encode(ids, offsets, *, token_types=None, pooling='last', precision='fp32', num_threads=0) -> (N, E) float32."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot text_slots[] = {
+    {Py_tp_doc, "Text(config, tensors): a text Transformer (CLIP text tower or BERT) held by the C core."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, text_init_py},
+    {Py_tp_dealloc, text_dealloc},
+    {Py_tp_methods, text_methods},
+    {0, NULL},
+};
+
+static PyType_Spec text_spec = {
+    .name = "megapairs._core.Text",
+    .basicsize = sizeof(TextObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = text_slots,
 };
 
 /* ---------------------------------------------------------------- safetensors reader
@@ -781,8 +971,18 @@ static int core_exec(PyObject *module) {
     PyObject *reader_type = PyType_FromSpec(&reader_spec);
     if (!reader_type) return -1;
     PyObject *vit_type = PyType_FromSpec(&vit_spec);
-    if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0 || mp_text_binding_add(module) < 0) {
+    if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0) {
         Py_XDECREF(vit_type);
+        Py_DECREF(reader_type);
+        return -1;
+    }
+    PyObject *text_type = PyType_FromSpec(&text_spec);
+    if (!text_type || PyModule_AddObject(module, "Text", text_type) < 0) {
+        Py_XDECREF(text_type);
+        Py_DECREF(reader_type);
+        return -1;
+    }
+    if (mp_text_binding_add(module) < 0) {
         Py_DECREF(reader_type);
         return -1;
     }

@@ -1,0 +1,305 @@
+"""Text towers against transformers: megapairs.CLIP.encode_text / encode_composed on seeded
+random-initialised CLIP models (HF and OpenCLIP layouts), and the BERT encoder of
+megapairs.SentenceEncoder on random BertModels and on the real all-MiniLM-L6-v2 weights
+against sentence-transformers."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection
+
+import megapairs as mp
+from megapairs import _core
+from megapairs.encoders import _bert_config, _bert_tensors
+
+SOT, EOT = 49406, 49407
+
+TEXT = {
+    "base-like": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      projection_dim=24),
+    "odd-head-dim": dict(hidden_size=60, intermediate_size=100, num_hidden_layers=3, num_attention_heads=4,
+                         projection_dim=20),  # head dim 15
+    "gelu-one-head": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=1,
+                          projection_dim=16, hidden_act="gelu"),
+}
+
+
+def cosine(a, b):
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def token_ids(n, context=77, seed=0, pad=0, vocab=49406):
+    """open_clip-style rows: sot, 0..context-2 random tokens, eot, then `pad` (open_clip pads
+    with 0, the HF tokenizer with eot); one row fills the whole context."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((n, context), pad, np.int64)
+    for i in range(n):
+        length = context - 2 if i == 0 else int(rng.integers(0, min(30, context - 2) + 1))
+        ids[i, 0] = SOT
+        ids[i, 1:1 + length] = rng.integers(0, vocab, length)
+        ids[i, 1 + length] = EOT
+    return ids
+
+
+def save_clip(tmp_path, text, seed=0, eos_token_id=2):
+    """A CLIPModel with a small vision tower and the given text tower."""
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=16)
+    projection = text["projection_dim"]
+    text = {k: v for k, v in text.items() if k != "projection_dim"} | {"eos_token_id": eos_token_id}
+    model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=projection)).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return model
+
+
+def features(output):
+    """get_*_features returns a tensor in transformers 4 and a model output in 5."""
+    return (output if isinstance(output, torch.Tensor) else output.pooler_output).numpy()
+
+
+def text_reference(model, ids):
+    with torch.inference_mode():
+        return features(model.get_text_features(input_ids=torch.from_numpy(ids)))
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_clip_text_fp32_matches_transformers(tmp_path, name):
+    model = save_clip(tmp_path, TEXT[name])
+    ids = token_ids(6)
+    want = text_reference(model, ids)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    got = clip.encode_text(ids, normalize=False)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-4
+    assert cosine(got, want).min() >= 0.99999
+    np.testing.assert_allclose(clip.encode_text(ids), want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("eos_token_id, pad", [(2, 0), (2, EOT), (EOT, EOT), (EOT, 0)])
+def test_clip_text_pools_where_transformers_does(tmp_path, eos_token_id, pad):
+    """Legacy configs (eos id 2) pool at argmax(ids), newer ones at the first eos token; with
+    HF-style eos padding or open_clip-style zero padding the answer is the same."""
+    model = save_clip(tmp_path, TEXT["base-like"], eos_token_id=eos_token_id)
+    ids = token_ids(5, pad=pad, seed=4)
+    want = text_reference(model, ids)
+    got = mp.CLIP.from_pretrained(tmp_path).encode_text(ids, normalize=False)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_clip_text_shorter_context_and_batches(tmp_path):
+    model = save_clip(tmp_path, TEXT["base-like"])
+    ids = token_ids(9, context=20, seed=2)
+    want = text_reference(model, ids)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    for batch_size in (1, 4, 100):
+        got = clip.encode_text(ids, normalize=False, batch_size=batch_size)
+        assert np.abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["base-like", "odd-head-dim"])
+def test_clip_text_bf16_close_to_fp32(tmp_path, name):
+    save_clip(tmp_path, TEXT[name])
+    ids = token_ids(8, seed=3)
+    fp32 = mp.CLIP.from_pretrained(tmp_path).encode_text(ids, normalize=False)
+    bf16 = mp.CLIP.from_pretrained(tmp_path, precision="bf16").encode_text(ids, normalize=False)
+    assert cosine(bf16, fp32).min() >= 0.999
+
+
+def test_clip_text_with_projection_checkpoint(tmp_path):
+    torch.manual_seed(5)
+    model = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT["base-like"])).eval()
+    model.save_pretrained(tmp_path / "text", safe_serialization=True)
+    ids = token_ids(4, seed=5)
+    with torch.inference_mode():
+        want = model(input_ids=torch.from_numpy(ids)).text_embeds.numpy()
+    # The text tower alone has no image tower: it loads through the C core directly.
+    from megapairs.encoders import _clip_text_hf_config, _clip_text_hf_tensors, _pack, _pool_positions
+    from megapairs.weights import SafetensorsFile
+
+    config = _clip_text_hf_config(json.loads((tmp_path / "text" / "config.json").read_text()), tmp_path)
+    with SafetensorsFile(tmp_path / "text") as f:
+        text = _core.Text(config, _clip_text_hf_tensors(f, config))
+    packed, offsets = _pack(ids, _pool_positions(ids, config["eos_token_id"]) + 1)
+    got = text.encode(packed, offsets)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def open_clip_text_state(model):
+    """The text tower of a transformers CLIPModel renamed to OpenCLIP's layout."""
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    t = "text_model."
+    out = {
+        "token_embedding.weight": sd[t + "embeddings.token_embedding.weight"],
+        "positional_embedding": sd[t + "embeddings.position_embedding.weight"],
+        "ln_final.weight": sd[t + "final_layer_norm.weight"], "ln_final.bias": sd[t + "final_layer_norm.bias"],
+        "text_projection": np.ascontiguousarray(sd["text_projection.weight"].T),
+    }
+    for i in range(model.config.text_config.num_hidden_layers):
+        src, dst = f"{t}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.in_proj_{kind}"] = np.concatenate([sd[src + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
+            out[dst + f"attn.out_proj.{kind}"] = sd[src + f"self_attn.out_proj.{kind}"]
+            out[dst + f"ln_1.{kind}"] = sd[src + f"layer_norm1.{kind}"]
+            out[dst + f"ln_2.{kind}"] = sd[src + f"layer_norm2.{kind}"]
+            out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
+            out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
+    return out
+
+
+def test_open_clip_text_layout(tmp_path):
+    from safetensors.numpy import save_file
+
+    from test_encoders import open_clip_state
+
+    text = TEXT["odd-head-dim"]
+    model = save_clip(tmp_path / "hf", text)
+    state = open_clip_state(model) | open_clip_text_state(model)
+    save_file(state, str(tmp_path / "open_clip_model.safetensors"))
+    v = model.config.vision_config
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
+        "embed_dim": text["projection_dim"], "quick_gelu": True,
+        "vision_cfg": dict(image_size=v.image_size, layers=v.num_hidden_layers, width=v.hidden_size,
+                           patch_size=v.patch_size, head_width=v.hidden_size // v.num_attention_heads,
+                           mlp_ratio=v.intermediate_size / v.hidden_size),
+        "text_cfg": dict(context_length=77, vocab_size=49408, width=text["hidden_size"],
+                         heads=text["num_attention_heads"], layers=text["num_hidden_layers"],
+                         mlp_ratio=text["intermediate_size"] / text["hidden_size"]),
+    }}))
+    ids = token_ids(5, seed=6)
+    want = text_reference(model, ids)
+    got = mp.CLIP.from_pretrained(tmp_path).encode_text(ids, normalize=False)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_encode_composed_matches_transformers(tmp_path):
+    """BGE-VL's query: normalise(get_image_features + get_text_features)."""
+    model = save_clip(tmp_path, TEXT["base-like"])
+    ids = token_ids(4, seed=7)
+    pixels = np.random.default_rng(7).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        image = features(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
+    composed = image + text_reference(model, ids)
+    want = composed / np.linalg.norm(composed, axis=1, keepdims=True)
+    got = mp.CLIP.from_pretrained(tmp_path).encode_composed(pixels, ids)
+    assert np.abs(got - want).max() <= 1e-5
+    with pytest.raises(ValueError, match="one text per image"):
+        mp.CLIP.from_pretrained(tmp_path).encode_composed(pixels, ids[:3])
+
+
+def test_clip_text_errors(tmp_path):
+    save_clip(tmp_path, TEXT["gelu-one-head"])
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"1 <= T <= 77"):
+        clip.encode_text(np.zeros((2, 78), np.int64))
+    bad = token_ids(2)
+    bad[1, 3] = 49408
+    with pytest.raises(ValueError, match="sequence 1, token 3: id 49408 is outside the vocabulary"):
+        clip.encode_text(bad)
+    bad[1, 3] = -1
+    with pytest.raises(ValueError, match="id -1 is outside"):
+        clip.encode_text(bad)
+    with pytest.raises(TypeError, match="wrap a single text"):
+        clip.encode_text("a photo")
+    with pytest.raises(ValueError, match="batch_size"):
+        clip.encode_text(token_ids(2), batch_size=0)
+    assert clip.encode_text(np.zeros((0, 77), np.int64)).shape == (0, 16)
+
+
+def test_vision_only_checkpoint_has_no_text(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=16,
+                                                   projection_dim=16)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no text tower"):
+        mp.CLIP.from_pretrained(tmp_path).encode_text(token_ids(1))
+
+
+# --------------------------------------------------------------------------- BERT core
+
+BERT = {
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  vocab_size=500, max_position_embeddings=64),
+    "odd-head-dim": dict(hidden_size=60, intermediate_size=90, num_hidden_layers=3, num_attention_heads=4,
+                         vocab_size=300, max_position_embeddings=40, type_vocab_size=3),
+}
+
+
+def save_bert(tmp_path, seed=0, **config):
+    torch.manual_seed(seed)
+    model = BertModel(BertConfig(**config)).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    return model
+
+
+def bert_core(path):
+    from megapairs.weights import SafetensorsFile
+
+    config = _bert_config(json.loads((path / "config.json").read_text()), path)
+    with SafetensorsFile(path) as f:
+        return _core.Text(config, _bert_tensors(f, config)), config
+
+
+def bert_batch(n, T, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.concatenate([[T], rng.integers(1, T + 1, n - 1)])
+    ids = rng.integers(0, vocab, (n, T))
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.int64)
+    return ids * mask, mask, lengths
+
+
+def bert_reference(model, ids, mask, types=None):
+    with torch.inference_mode():
+        kwargs = {} if types is None else {"token_type_ids": torch.from_numpy(types)}
+        hidden = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                       **kwargs).last_hidden_state.double().numpy()
+    m = mask[:, :, None]
+    return (hidden * m).sum(1) / m.sum(1), hidden[:, 0]
+
+
+@pytest.mark.parametrize("name", BERT)
+def test_bert_fp32_matches_transformers(tmp_path, name):
+    config = BERT[name]
+    model = save_bert(tmp_path, **config)
+    text, _ = bert_core(tmp_path)
+    ids, mask, lengths = bert_batch(7, config["max_position_embeddings"], config["vocab_size"])
+    mean, cls = bert_reference(model, ids, mask)
+    packed = ids[mask.astype(bool)]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    got = text.encode(packed, offsets, pooling="mean")
+    assert np.abs(got - mean).max() <= 1e-4
+    assert cosine(got, mean).min() >= 0.99999
+    assert np.abs(text.encode(packed, offsets, pooling="cls") - cls).max() <= 1e-4
+    types = np.random.default_rng(1).integers(0, config.get("type_vocab_size", 2), ids.shape) * mask
+    mean, _ = bert_reference(model, ids, mask, types)
+    got = text.encode(packed, offsets, token_types=types[mask.astype(bool)], pooling="mean")
+    assert np.abs(got - mean).max() <= 1e-4
+    bf16 = text.encode(packed, offsets, token_types=types[mask.astype(bool)], pooling="mean", precision="bf16")
+    assert cosine(bf16, mean).min() >= 0.999
+
+
+def test_bert_core_errors(tmp_path):
+    save_bert(tmp_path, **BERT["small"])
+    text, _ = bert_core(tmp_path)
+    with pytest.raises(ValueError, match="sequence 1 has 65 tokens; the model takes 1 to 64"):
+        text.encode(np.zeros(66, np.int64), np.array([0, 1, 66]), pooling="mean")
+    with pytest.raises(ValueError, match="sequence 0 has 0 tokens"):
+        text.encode(np.zeros(2, np.int64), np.array([0, 0, 2]), pooling="mean")
+    with pytest.raises(ValueError, match="nondecreasing"):
+        text.encode(np.zeros(2, np.int64), np.array([0, 3, 2]), pooling="mean")
+    with pytest.raises(ValueError, match="token type 2 is outside"):
+        text.encode(np.zeros(2, np.int64), np.array([0, 2]), token_types=np.array([0, 2]), pooling="mean")
+    with pytest.raises(ValueError, match="pooling 'last' is not available"):
+        text.encode(np.zeros(2, np.int64), np.array([0, 2]))
+    with pytest.raises(TypeError, match="ids must be a 1-D integer array"):
+        text.encode(np.zeros(2, np.float32), np.array([0, 2]), pooling="mean")
+
+
+def test_bert_rejects_other_architectures(tmp_path):
+    with pytest.raises(mp.FormatError, match="model_type 'roberta' is not supported"):
+        _bert_config({"model_type": "roberta"}, tmp_path / "config.json")
