@@ -73,8 +73,8 @@ test-c: $(C_TESTS:tests/c/%.c=build/c/%)
 asan: $(C_TESTS:tests/c/%.c=build/asan/%)
 	@for t in $^; do echo "== $$t"; (cd tests/c && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ../../$$t); done
 
-# libFuzzer on the safetensors reader and on the JPEG decode + preprocess path, seeded with
-# tests/fuzz/corpus/<target>; new inputs go to build/fuzz/corpus/<target>. Both targets run
+# libFuzzer on the safetensors reader, the JPEG decode + preprocess path and the tokenizers, seeded with
+# tests/fuzz/corpus/<target>; new inputs go to build/fuzz/corpus/<target>. All targets run
 # even when the first fails; any crash fails the recipe.
 FUZZ_CFLAGS := -std=c11 -g -O1 -Wno-unknown-pragmas -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Icsrc
 FUZZ_FLAGS = -artifact_prefix=build/fuzz/ -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
@@ -92,14 +92,20 @@ build/fuzz/fuzz_jpeg: tests/fuzz/fuzz_jpeg.c $(wildcard csrc/image/*.c) csrc/cor
 	@mkdir -p $(@D)
 	clang $(FUZZ_CFLAGS) -fno-sanitize-coverage=trace-cmp $(filter %.c,$^) -o $@ -lturbojpeg -lm
 
-fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg
-	@mkdir -p build/fuzz/corpus/safetensors build/fuzz/corpus/jpeg
+# The tokenizers (csrc/text/) on texts and on vocabulary/merges files; no OpenMP either.
+build/fuzz/fuzz_text: tests/fuzz/fuzz_text.c $(wildcard csrc/text/*.c) csrc/core/status.c $(CORE_HDR) | system-deps
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
+
+fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg build/fuzz/fuzz_text
+	@mkdir -p build/fuzz/corpus/safetensors build/fuzz/corpus/jpeg build/fuzz/corpus/text
 	@failed=""; \
 	run() { local target=$$1 runs=$$2; echo "== build/fuzz/fuzz_$$target (-runs=$$runs, at most $(FUZZ_SECONDS) s)"; \
 	  build/fuzz/fuzz_$$target $(FUZZ_FLAGS) -runs=$$runs build/fuzz/corpus/$$target tests/fuzz/corpus/$$target \
 	    || failed="$$failed fuzz_$$target"; }; \
 	run safetensors $(FUZZ_RUNS); \
 	run jpeg $(FUZZ_JPEG_RUNS); \
+	run text $(FUZZ_RUNS); \
 	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in build/fuzz/)"; exit 1; fi
 
 bench: build

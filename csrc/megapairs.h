@@ -34,6 +34,9 @@
 #include "image/jpeg.h"
 #include "image/preprocess.h"
 #include "image/resample.h"
+#include "text/clip_tokenizer.h"
+#include "text/unicode.h"
+#include "text/wordpiece.h"
 #include "weights/safetensors.h"
 
 #endif

@@ -1,5 +1,6 @@
 """Type stubs of megapairs._core, the private C extension. Use the megapairs package."""
 
+from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
@@ -61,3 +62,67 @@ class Vit:
         precision: str = "fp32",
         num_threads: int = 0,
     ) -> npt.NDArray[np.float32]: ...
+
+class ClipBpe:
+    """CLIP's byte-level BPE held by the C core (text/clip_tokenizer.h). One call at a time per
+    object (a lock serialises them); texts must already be cleaned and lower-cased."""
+
+    def __init__(
+        self,
+        merges: bytes,  # open_clip bpe text (vocab None) or merges.txt
+        *,
+        n_merges: int | None = None,  # open_clip layout: merges lines[1 : n_merges + 1]
+        vocab: dict[str, int] | None = None,  # Hugging Face vocab.json
+        sot: str = "<|startoftext|>",
+        eot: str = "<|endoftext|>",
+        source: str = ...,
+        vocab_source: str = ...,
+    ) -> None: ...
+    def encode_batch(
+        self, texts: Sequence[str], context_length: int, *, num_threads: int = 0
+    ) -> npt.NDArray[np.int64]: ...  # (N, context_length): sot, tokens, eot, zeros
+    def encode(self, text: str, /) -> npt.NDArray[np.int64]: ...  # (n,) without sot/eot
+    def decode(self, ids: npt.ArrayLike, /) -> bytes: ...  # the tokens' bytes, "</w>" included
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def sot(self) -> int: ...
+    @property
+    def eot(self) -> int: ...
+    @property
+    def max_id(self) -> int: ...
+
+class WordPiece:
+    """BERT's WordPiece held by the C core (text/wordpiece.h); read-only, thread-safe. Non-ASCII
+    text must already be NFD (strip_accents) and lower-cased per character (lowercase)."""
+
+    def __init__(
+        self,
+        vocab: bytes,  # vocab.txt
+        *,
+        unk: str = "[UNK]",
+        cls: str = "[CLS]",
+        sep: str = "[SEP]",
+        pad: str = "[PAD]",
+        specials: Sequence[str] = (),  # added tokens matched in the raw text
+        lowercase: bool = True,
+        strip_accents: bool = True,
+        tokenize_chinese_chars: bool = True,
+        max_input_chars_per_word: int = 100,
+        prefix: str = "##",
+        source: str = "vocab.txt",
+    ) -> None: ...
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int, *, num_threads: int = 0
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...  # input_ids, attention_mask (N, T)
+    def encode(self, text: str, /) -> npt.NDArray[np.int64]: ...  # (n,) without [CLS]/[SEP]
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def unk(self) -> int: ...
+    @property
+    def cls(self) -> int: ...
+    @property
+    def sep(self) -> int: ...
+    @property
+    def pad(self) -> int: ...

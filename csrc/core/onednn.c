@@ -203,8 +203,8 @@ struct mp_linear {
     const float *weight;     // (N, K), the caller's, packed from on (re)planning
     dnnl_memory_t bias_mem;  // (1, N) f32 over the caller's bias, or NULL
     const float *bias;
-    // Plan for the last (M, input type, output type): primitive, packed weights, scratchpad size.
-    int64_t M;
+    // Plan for the last output type (any row count): primitive, packed weights, scratchpad size.
+    int planned;
     enum mp_dtype in_type, out_type;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t packed_md; // owned clone of the weights md the primitive wants
@@ -259,9 +259,9 @@ enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const
     return MP_STATUS_OK;
 }
 
-// (Re)plans for M rows: primitive, and weights packed in the layout it asks for.
-static enum mp_status linear_plan(struct mp_linear *l, int64_t M, enum mp_dtype out_type) {
-    l->M = 0; // until this plan is complete
+// (Re)plans for an output type: primitive, and weights packed in the layout it asks for.
+static enum mp_status linear_plan(struct mp_linear *l, enum mp_dtype out_type) {
+    l->planned = 0; // until this plan is complete
     dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_data_type_t dst_type = out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, wei_any = NULL, dst_md = NULL, bias_md = NULL, user_md = NULL;
@@ -276,7 +276,10 @@ static enum mp_status linear_plan(struct mp_linear *l, int64_t M, enum mp_dtype 
     void *packed_buf = NULL;
     dnnl_status_t s;
     const char *what = "linear planning";
-    dnnl_dims_t src_dims = {M, l->K}, wei_dims = {l->K, l->N}, dst_dims = {M, l->N}, bias_dims = {1, l->N};
+    // M is a run-time dimension: one primitive (one JIT) serves every row count, which text
+    // needs (each batch packs a different number of tokens).
+    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, l->K}, wei_dims = {l->K, l->N};
+    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, l->N}, bias_dims = {1, l->N};
     dnnl_dims_t user_strides = {1, l->K}; // W (N, K) row-major seen as (K, N)
     if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
     if ((s = dnnl_memory_desc_create_with_tag(&wei_any, 2, wei_dims, in_type, dnnl_format_tag_any)) != dnnl_success)
@@ -341,7 +344,7 @@ static enum mp_status linear_plan(struct mp_linear *l, int64_t M, enum mp_dtype 
         packed = NULL, packed_md = NULL, packed_buf = NULL;
     }
     dnnl_primitive_destroy(l->prim);
-    l->prim = prim, l->M = M, l->out_type = out_type;
+    l->prim = prim, l->planned = 1, l->out_type = out_type;
     prim = NULL;
 done:
     dnnl_stream_destroy(stream);
@@ -378,7 +381,7 @@ enum mp_status mp_linear_forward_typed(struct mp_linear *l, void *out, enum mp_d
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: accumulating into BF16 is not supported");
     if (M == 0) return MP_STATUS_OK;
     enum mp_status status = MP_STATUS_OK;
-    if ((l->M != M || l->out_type != out_type) && (status = linear_plan(l, M, out_type)) != MP_STATUS_OK)
+    if ((!l->planned || l->out_type != out_type) && (status = linear_plan(l, out_type)) != MP_STATUS_OK)
         return status;
     const void *src = in;
     if (l->precision == MP_PRECISION_BF16 && in_type == MP_DTYPE_F32) { // AMX takes bf16: round x once per call

@@ -64,8 +64,8 @@ enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const 
 
 /* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
  * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to
- * bf16 per call and accumulation stays fp32). The primitive for the last row count M is
- * kept. Optional fused epilogue: an activation, and/or adding the result to `out` (the
+ * bf16 per call and accumulation stays fp32). One primitive, with M a run-time dimension,
+ * serves every row count. Optional fused epilogue: an activation, and/or adding the result to `out` (the
  * residual stream). `weight` and `bias` are the caller's and must outlive the layer. Not
  * safe for two threads at once. */
 enum mp_activation_op { MP_OP_NONE = 0, MP_OP_GELU, MP_OP_QUICK_GELU };
