@@ -128,6 +128,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the text model loads from a CLIPModel folder
     texts = captions(args.texts)
     words = [len(t.split()) for t in texts]
     print(f"{len(texts)} captions, {min(words)}-{max(words)} words (mean {np.mean(words):.1f}), batch {args.batch}, "

@@ -63,6 +63,22 @@ class Vit:
         num_threads: int = 0,
     ) -> npt.NDArray[np.float32]: ...
 
+class Text:
+    """A text Transformer (CLIP text tower or BERT) held by the C core; tensors in text.h's
+    canonical order. Sequences are packed: sequence s is ids[offsets[s]:offsets[s + 1]]."""
+
+    def __init__(self, config: dict[str, Any], tensors: list[npt.ArrayLike]) -> None: ...
+    def encode(
+        self,
+        ids: npt.ArrayLike,  # (R,) integer token ids, the sequences back to back
+        offsets: npt.ArrayLike,  # (N + 1,) from 0 to R
+        *,
+        token_types: npt.ArrayLike | None = None,  # (R,) BERT only
+        pooling: str = "last",  # "last" (CLIP), "mean", "cls" (BERT)
+        precision: str = "fp32",
+        num_threads: int = 0,
+    ) -> npt.NDArray[np.float32]: ...
+
 class ClipBpe:
     """CLIP's byte-level BPE held by the C core (text/clip_tokenizer.h). One call at a time per
     object (a lock serialises them); texts must already be cleaned and lower-cased."""

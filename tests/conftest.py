@@ -1,5 +1,8 @@
+import gzip
+import importlib.util
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,34 @@ def write_safetensors(tmp_path):
         return path
 
     return write
+
+
+# --------------------------------------------------------------------------- text references
+
+
+def load_open_clip_tokenizer():
+    """open_clip's tokenizer.py alone: `import open_clip` needs a working torchvision."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+    folder = Path(spec.submodule_search_locations[0])
+    module_spec = importlib.util.spec_from_file_location("_megapairs_test_open_clip_tokenizer", folder / "tokenizer.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module, folder / "bpe_simple_vocab_16e6.txt.gz"
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory):
+    """vocab.json + merges.txt written from open_clip's bpe file, as Hugging Face lays them out."""
+    _, bpe_path = load_open_clip_tokenizer()
+    lines = gzip.decompress(bpe_path.read_bytes()).decode("utf-8").split("\n")
+    merges = lines[1:49152 - 256 - 2 + 1]
+    oc, _ = load_open_clip_tokenizer()
+    encoder = dict(oc.SimpleTokenizer(str(bpe_path)).encoder)
+    encoder["<|startoftext|>"] = encoder.pop("<start_of_text>")
+    encoder["<|endoftext|>"] = encoder.pop("<end_of_text>")
+    folder = tmp_path_factory.mktemp("hf_clip")
+    (folder / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder

@@ -190,6 +190,30 @@ def test_encode_composed_matches_transformers(tmp_path):
         mp.CLIP.from_pretrained(tmp_path).encode_composed(pixels, ids[:3])
 
 
+def test_clip_encode_texts_matches_transformers_pipeline(tmp_path, hf_clip_dir):
+    """Texts end to end on a Hugging Face folder (vocab.json + merges.txt beside the weights):
+    transformers' CLIPTokenizer padded to 77 and get_text_features, against encode_text(texts)."""
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    model = save_clip(tmp_path, TEXT["base-like"], eos_token_id=EOT)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(hf_clip_dir / name, tmp_path / name)
+    texts = ["A dog on a beach.", "a red car parked next to an old building at night", "Café ☕ in Zürich",
+             "", "word " * 100]
+    ids = CLIPTokenizer.from_pretrained(str(tmp_path))(texts, padding="max_length", max_length=77,
+                                                         truncation=True, return_tensors="np")["input_ids"]
+    want = text_reference(model, ids)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    got = clip.encode_text(texts, normalize=False)
+    assert np.abs(got - want).max() <= 1e-4
+    ours = clip.tokenize(texts)  # open_clip's padding (0) after the end token, transformers' is the end token
+    for row, theirs in zip(ours, ids):
+        end = int(np.argmax(theirs == EOT)) + 1
+        np.testing.assert_array_equal(row[:end], theirs[:end])
+
+
 def test_clip_text_errors(tmp_path):
     save_clip(tmp_path, TEXT["gelu-one-head"])
     clip = mp.CLIP.from_pretrained(tmp_path)

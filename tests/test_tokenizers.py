@@ -22,45 +22,19 @@ import pytest
 import megapairs as mp
 from megapairs import text as mptext
 
+from conftest import load_open_clip_tokenizer
+
 # --------------------------------------------------------------------------- references
-
-
-def _load_open_clip_tokenizer():
-    """open_clip's tokenizer.py alone: `import open_clip` needs a working torchvision."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None:
-        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
-    folder = Path(spec.submodule_search_locations[0])
-    module_spec = importlib.util.spec_from_file_location("_megapairs_test_open_clip_tokenizer", folder / "tokenizer.py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, folder / mptext.OPENAI_BPE
 
 
 @pytest.fixture(scope="module")
 def open_clip_tok():
-    return _load_open_clip_tokenizer()[0]
+    return load_open_clip_tokenizer()[0]
 
 
 @pytest.fixture(scope="module")
 def clip():
     return mp.text.CLIPTokenizer.from_pretrained()
-
-
-@pytest.fixture(scope="module")
-def hf_clip_dir(tmp_path_factory):
-    """vocab.json + merges.txt written from open_clip's bpe file, as Hugging Face lays them out."""
-    _, bpe_path = _load_open_clip_tokenizer()
-    lines = gzip.decompress(bpe_path.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1:mptext.OPENAI_MERGES + 1]
-    oc, _ = _load_open_clip_tokenizer()
-    encoder = dict(oc.SimpleTokenizer(str(bpe_path)).encoder)
-    encoder["<|startoftext|>"] = encoder.pop("<start_of_text>")
-    encoder["<|endoftext|>"] = encoder.pop("<end_of_text>")
-    folder = tmp_path_factory.mktemp("hf_clip")
-    (folder / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -263,8 +263,9 @@ enum mp_status mp_text_encode(struct mp_text *m, float *out, const int64_t *ids,
                 status = mp_linear_forward(ls->qkv[l], qkv, h, R);
             }
             if (status) return status;
-            attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 1);
-            if ((status = mp_linear_forward(ls->out[l], x, att, R))) return status;
+            if ((status = attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 1)) ||
+                (status = mp_linear_forward(ls->out[l], x, att, R)))
+                return status;
             if (bf16) {
                 layernorm_forward_bf16(h16, x, w->ln2_w, w->ln2_b, R, D, c->eps);
                 if ((status = mp_linear_forward_typed(ls->fc1[l], mlp16, BF16, h16, BF16, R)) ||
@@ -280,8 +281,9 @@ enum mp_status mp_text_encode(struct mp_text *m, float *out, const int64_t *ids,
         }
         // post-norm: x = ln1(x + attn(x)); x = ln2(x + mlp(x))
         if ((status = mp_linear_forward(ls->qkv[l], qkv, x, R))) return status;
-        attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 0);
-        if ((status = mp_linear_forward(ls->out[l], x, att, R))) return status;
+        if ((status = attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 0)) ||
+            (status = mp_linear_forward(ls->out[l], x, att, R)))
+            return status;
         layernorm_forward(x, x, w->ln1_w, w->ln1_b, R, D, c->eps);
         if (bf16)
             status = mp_linear_forward_typed(ls->fc1[l], mlp16, BF16, x, F32, R);

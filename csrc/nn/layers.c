@@ -3,6 +3,7 @@
 #include "core/simd.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* exp for fp32 in plain arithmetic, 16 values at a time, so it compiles to vector code at
@@ -299,47 +300,87 @@ void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T,
             }
 }
 
-/* Attention over packed sequences of different lengths (text): one (sequence, head) per task,
- * scores one row at a time. Text sequences are short (a caption is 10-40 tokens), where
- * oneDNN's per-shape primitives would cost more than the arithmetic. */
-MP_CLONES static void attention_head(float *out, const float *qkv, float *row, int64_t T, int64_t D, int64_t hd,
-                                     int causal, float scale) {
+/* Attention over packed sequences of different lengths (text): one (sequence, head) per task.
+ * Text sequences are short (a caption is 10-40 tokens), where oneDNN's per-shape primitives
+ * would cost more than the arithmetic. The head's keys are first copied transposed into
+ * kT (hd, Tp), Tp = T rounded up to 16 with zero columns, so each score row is a sum over d
+ * of q[d] * kT[d, :] in whole 16-lane blocks (a dot product per key spends its time in
+ * horizontal sums, and a loop over only the t + 1 causal keys in scalar remainders). */
+MP_CLONES static void attention_head(float *out, const float *qkv, float *row, float *kT, int64_t T, int64_t D,
+                                     int64_t hd, int causal, float scale) {
+    int64_t Tp = (T + EXP_BLOCK - 1) / EXP_BLOCK * EXP_BLOCK;
+    for (int64_t d = 0; d < hd; d++)
+        for (int64_t j = T; j < Tp; j++) kT[d * Tp + j] = 0.0f;
+    for (int64_t j = 0; j < T; j++)
+        for (int64_t d = 0; d < hd; d++) kT[d * Tp + j] = qkv[j * 3 * D + D + d];
     for (int64_t t = 0; t < T; t++) {
         const float *q = qkv + t * 3 * D;
-        int64_t J = causal ? t + 1 : T;
-        for (int64_t j = 0; j < J; j++) {
-            const float *k = qkv + j * 3 * D + D;
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < hd; d++) dot += q[d] * k[d];
-            row[j] = dot;
+        int64_t J = causal ? t + 1 : T, blocks = (J + EXP_BLOCK - 1) / EXP_BLOCK;
+        for (int64_t b = 0; b < blocks; b++) { // two accumulators: half the add latency chain
+            float acc[EXP_BLOCK] = {0}, acc2[EXP_BLOCK] = {0};
+            const float *k = kT + b * EXP_BLOCK;
+            int64_t d = 0;
+            for (; d + 2 <= hd; d += 2) {
+                float q0 = q[d], q1 = q[d + 1];
+#pragma omp simd
+                for (int i = 0; i < EXP_BLOCK; i++) {
+                    acc[i] += q0 * k[d * Tp + i];
+                    acc2[i] += q1 * k[(d + 1) * Tp + i];
+                }
+            }
+            for (; d < hd; d++)
+#pragma omp simd
+                for (int i = 0; i < EXP_BLOCK; i++) acc[i] += q[d] * k[d * Tp + i];
+#pragma omp simd
+            for (int i = 0; i < EXP_BLOCK; i++) row[b * EXP_BLOCK + i] = acc[i] + acc2[i];
         }
         softmax_row(row, J, scale);
+        // o = sum_j p[j] v[j], 16 features at a time held in registers across the keys
         float *o = out + t * D;
-        memset(o, 0, (size_t)hd * sizeof *o);
-        for (int64_t j = 0; j < J; j++) {
-            const float *v = qkv + j * 3 * D + 2 * D;
-            float p = row[j];
+        int64_t d0 = 0;
+        for (; d0 + EXP_BLOCK <= hd; d0 += EXP_BLOCK) {
+            float acc[EXP_BLOCK] = {0};
+            for (int64_t j = 0; j < J; j++) {
+                const float *v = qkv + j * 3 * D + 2 * D + d0;
+                float p = row[j];
 #pragma omp simd
-            for (int64_t d = 0; d < hd; d++) o[d] += p * v[d];
+                for (int i = 0; i < EXP_BLOCK; i++) acc[i] += p * v[i];
+            }
+            memcpy(o + d0, acc, sizeof acc);
+        }
+        if (d0 < hd) { // a head width that is not a multiple of 16
+            memset(o + d0, 0, (size_t)(hd - d0) * sizeof *o);
+            for (int64_t j = 0; j < J; j++)
+                for (int64_t d = d0; d < hd; d++) o[d] += row[j] * qkv[j * 3 * D + 2 * D + d];
         }
     }
 }
 
-void attention_varlen_forward(float *out, const float *qkv, const int64_t *offsets, int64_t N, int64_t D, int64_t H,
-                              int causal) {
+enum mp_status attention_varlen_forward(float *out, const float *qkv, const int64_t *offsets, int64_t N, int64_t D,
+                                        int64_t H, int causal) {
     int64_t hd = D / H, longest = 1;
     for (int64_t s = 0; s < N; s++)
         if (offsets[s + 1] - offsets[s] > longest) longest = offsets[s + 1] - offsets[s];
     float scale = 1.0f / sqrtf((float)hd);
+    int failed = 0;
 #pragma omp parallel
     {
-        float row[longest];
+        int64_t padded = (longest + EXP_BLOCK - 1) / EXP_BLOCK * EXP_BLOCK;
+        float *work = malloc((size_t)(padded * (hd + 1)) * sizeof *work); // score row, then k^T
+        if (!work) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t job = 0; job < N * H; job++) {
+            if (!work) continue;
             int64_t s = job / H, h = job % H, first = offsets[s];
-            attention_head(out + first * D + h * hd, qkv + first * 3 * D + h * hd, row, offsets[s + 1] - first, D,
-                           hd, causal, scale);
+            attention_head(out + first * D + h * hd, qkv + first * 3 * D + h * hd, work, work + padded,
+                           offsets[s + 1] - first, D, hd, causal, scale);
         }
+        free(work);
     }
+    return failed ? mp_error(MP_STATUS_OUT_OF_MEMORY, "attention: cannot allocate a %lld-token workspace",
+                             (long long)longest)
+                  : MP_STATUS_OK;
 }

@@ -73,13 +73,13 @@ size_t attention_scores_size(int64_t B, int64_t T, int64_t D, int64_t H);
 // Multi-head self-attention over N packed sequences of different lengths: sequence s holds
 // rows offsets[s] .. offsets[s + 1] - 1 of qkv and out (offsets nondecreasing from 0). With
 // `causal`, token t attends to tokens 0..t of its sequence only (the CLIP text tower).
-void attention_varlen_forward(float         *out,     // (offsets[N], D)
-                              const float   *qkv,     // (offsets[N], 3 * D)
-                              const int64_t *offsets, // (N + 1)
-                              int64_t        N,
-                              int64_t        D,
-                              int64_t        H,
-                              int            causal);
+enum mp_status attention_varlen_forward(float         *out,     // (offsets[N], D)
+                                        const float   *qkv,     // (offsets[N], 3 * D)
+                                        const int64_t *offsets, // (N + 1)
+                                        int64_t        N,
+                                        int64_t        D,
+                                        int64_t        H,
+                                        int            causal);
 
 // Naive reference of attention_forward (scalar loops, scores one row at a time), for tests.
 void attention_forward_naive(float *out, const float *qkv, int64_t B, int64_t T, int64_t D, int64_t H);
