@@ -403,3 +403,23 @@ def test_sentence_encoder_errors(tmp_path):
     (tmp_path / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x.Dense"}]))
     with pytest.raises(mp.FormatError, match="module type 'x.Dense' is not supported"):
         mp.SentenceEncoder.from_pretrained(tmp_path)
+
+
+def test_one_model_from_many_threads(tmp_path):
+    """The C handles keep one activation arena each: concurrent calls on one model are
+    serialised by the binding and give the single-threaded answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    save_clip(tmp_path, TEXT["base-like"])
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    batches = [token_ids(5 + i, seed=i) for i in range(8)]
+    want = [clip.encode_text(b) for b in batches]
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    want_image = clip.encode_image(pixels)
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(clip.encode_text, batches * 3))
+        images = list(pool.map(lambda _: clip.encode_image(pixels), range(6)))
+    for got, expected in zip(texts, want * 3):
+        np.testing.assert_array_equal(got, expected)
+    for got in images:
+        np.testing.assert_array_equal(got, want_image)

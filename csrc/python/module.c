@@ -328,9 +328,19 @@ done:
  * Vit(config: dict, tensors: list of float32 arrays in the canonical order of vit.h).
  * The Python layer maps checkpoint names and checks shapes; this checks sizes and memory. */
 
+// Allocates *lock if needed; -1 with MemoryError set when it cannot.
+static int handle_lock(PyThread_type_lock *lock) {
+    if (!*lock && !(*lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 typedef struct {
     PyObject_HEAD
     struct mp_vit *vit;
+    PyThread_type_lock lock; // the handle's arena and kept primitives admit one call at a time
     int64_t image_size, patch_size, width;
     int fixed_size; // CLIP takes only image_size; DINOv2 interpolates its positions
 } VitObject;
@@ -443,8 +453,16 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
         raise_status(status);
         goto done;
     }
+    if (handle_lock(&self->lock)) {
+        mp_vit_free(vit);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     mp_vit_free(self->vit);
     self->vit = vit;
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
     self->image_size = c.image_size;
     self->patch_size = c.patch_size;
     self->width = c.width;
@@ -458,6 +476,7 @@ done:
 static void vit_dealloc(VitObject *self) {
     PyTypeObject *type = Py_TYPE(self);
     mp_vit_free(self->vit);
+    if (self->lock) PyThread_free_lock(self->lock);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -516,9 +535,11 @@ static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
     const float *in = PyArray_DATA(pixels), *pos = positions ? PyArray_DATA(positions) : NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
     status = mp_vit_encode(self->vit, out_data, in, N, S, pos, pooling, precision);
     mp_thread_scope_end(scope);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
@@ -560,7 +581,9 @@ static PyType_Spec vit_spec = {
 typedef struct {
     PyObject_HEAD
     struct mp_text *text;
+    PyThread_type_lock lock; // the handle's arena and kept primitives admit one call at a time
 } TextObject;
+
 
 static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"config", "tensors", NULL};
@@ -596,8 +619,16 @@ static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
         raise_status(status);
         goto done;
     }
+    if (handle_lock(&self->lock)) {
+        mp_text_free(text);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     mp_text_free(self->text);
     self->text = text;
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
     rc = 0;
 done:
     tensor_list_free(&t);
@@ -607,6 +638,7 @@ done:
 static void text_dealloc(TextObject *self) {
     PyTypeObject *type = Py_TYPE(self);
     mp_text_free(self->text);
+    if (self->lock) PyThread_free_lock(self->lock);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
 }
@@ -674,9 +706,11 @@ static PyObject *text_encode(TextObject *self, PyObject *args, PyObject *kwargs)
     const int64_t *id_data = PyArray_DATA(ids), *type_data = types ? PyArray_DATA(types) : NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
     status = mp_text_encode(self->text, out_data, id_data, type_data, off, N, pooling, precision);
     mp_thread_scope_end(scope);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
