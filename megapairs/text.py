@@ -41,6 +41,7 @@ __all__ = ["CLIPTokenizer", "WordPieceTokenizer"]
 OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_MERGES = 49152 - 256 - 2  # open_clip keeps merges lines[1 : 49152 - 256 - 2 + 1]
 
+
 def _format_error(path: Path, message: str) -> Exception:
     return _core.FormatError(f"{path}: {message}")
 
