@@ -704,8 +704,10 @@ class CLIP(_VisionTower):
         batch_size = _batch_size(batch_size)
         threads = _args.threads(num_threads)
         c = self.text_config
-        if isinstance(texts_or_ids, np.ndarray) and texts_or_ids.dtype.kind in "iu":
-            ids = texts_or_ids
+        if not isinstance(texts_or_ids, (str, list, tuple)) and hasattr(texts_or_ids, "__array__"):
+            ids = np.asarray(texts_or_ids)  # NumPy ids, or the torch tensor open_clip.tokenize returns
+            if ids.dtype.kind not in "iu":
+                raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
             if ids.ndim != 2 or ids.shape[1] < 1 or ids.shape[1] > c["positions"]:
                 raise ValueError(f"ids must be (N, T) with 1 <= T <= {c['positions']}, got shape {ids.shape}")
         else:

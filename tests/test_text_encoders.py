@@ -231,6 +231,10 @@ def test_clip_text_errors(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         clip.encode_text(token_ids(2), batch_size=0)
     assert clip.encode_text(np.zeros((0, 77), np.int64)).shape == (0, 16)
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        clip.encode_text(np.zeros((2, 77), np.float32))
+    ids = token_ids(3)
+    np.testing.assert_array_equal(clip.encode_text(torch.from_numpy(ids)), clip.encode_text(ids))
 
 
 def test_vision_only_checkpoint_has_no_text(tmp_path):
