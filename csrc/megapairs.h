@@ -34,6 +34,7 @@
 #include "image/jpeg.h"
 #include "image/preprocess.h"
 #include "image/resample.h"
+#include "knn/knn.h"
 #include "text/clip_tokenizer.h"
 #include "text/unicode.h"
 #include "text/wordpiece.h"

@@ -8,20 +8,25 @@
 Results are exact: equal to a float64 brute force over the float32 inputs, ranked by
 descending score with ties broken by the lower corpus index. Rows with fewer than k
 neighbours are padded with score -inf and index -1.
+
+The C core scores blocks of the corpus with a bf16 GEMM (AMX where the CPU has it; or fp32),
+keeps every candidate whose score, within the GEMM's proven error bound, could still be in
+the top-k, and rescores those in double precision (docs/knn.md). ``exact=False`` returns the
+GEMM's own ranking instead (faster only by the rescoring, which is small).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, _core
 
 __all__ = ["search", "band"]
 
 
 def _check(queries, corpus, k, what="search"):
     q = np.asarray(queries)
-    c = np.asarray(corpus)
+    c = np.asarray(corpus)  # an np.memmap stays a view: the C core streams it block by block
     for name, a in (("queries", q), ("corpus", c)):
         if a.dtype.kind != "f":
             raise ValueError(f"{what}: {name} must be a float array, got dtype {a.dtype}")
@@ -36,35 +41,28 @@ def _check(queries, corpus, k, what="search"):
     return q, c
 
 
-def _finite(a, name, what):
-    if not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{what}: {name} holds a non-finite value at row {bad[0]}, column {bad[1]}")
+def _run(q, c, k, lo, hi, exclude_self, precision, exact, num_threads, what):
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"{what}: precision must be 'bf16' or 'fp32', got {precision!r}")
+    if exclude_self and len(q) > len(c):
+        raise ValueError(f"{what}: exclude_self needs the queries to be (a prefix of) the corpus")
+    scores, indices, _ = _core.knn_search(q, c, int(k), float(lo), float(hi), exclude_self=bool(exclude_self),
+                                          precision=precision, exact=bool(exact),
+                                          num_threads=_args.threads(num_threads))
+    return scores, indices
 
 
-def _reference(q, c, k, lo, hi, exclude_self, block=1024):
-    """float64 brute force, corpus in blocks: the definition the C kernel must equal."""
-    Q = len(q)
-    best_s = np.full((Q, k), -np.inf)
-    best_i = np.full((Q, k), -1, np.int64)
-    q64 = q.astype(np.float64)
-    for j0 in range(0, len(c), block):
-        s = q64 @ c[j0:j0 + block].astype(np.float64).T
-        idx = np.broadcast_to(np.arange(j0, j0 + s.shape[1]), s.shape)
-        keep = (s > lo) & (s < hi)
-        if exclude_self:
-            keep &= idx != np.arange(Q)[:, None]
-        s = np.where(keep, s, -np.inf)
-        all_s = np.concatenate([best_s, s], axis=1)
-        all_i = np.concatenate([best_i, np.where(keep, idx, -1)], axis=1)
-        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), -all_s), axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, order, 1)
-        best_i = np.take_along_axis(all_i, order, 1)
-    best_i[~np.isfinite(best_s)] = -1
-    return best_s.astype(np.float32), best_i
+def _finite(a, name, what, rows=65536):
+    """ValueError naming the first NaN/inf; checked in row blocks so a memmap is not loaded whole."""
+    for r0 in range(0, len(a), rows):
+        block = a[r0:r0 + rows]
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise ValueError(f"{what}: {name} holds a non-finite value at row {r0 + bad[0]}, column {bad[1]}")
 
 
-def search(queries, corpus, k: int, exclude_self: bool = False, num_threads: int | None = None):
+def search(queries, corpus, k: int, exclude_self: bool = False, precision: str = "bf16", exact: bool = True,
+           num_threads: int | None = None):
     """The k corpus rows with the largest inner product with each query.
 
     Parameters
@@ -75,6 +73,11 @@ def search(queries, corpus, k: int, exclude_self: bool = False, num_threads: int
         Neighbours per query; rows are padded with -inf / -1 when the corpus has fewer.
     exclude_self : bool
         Drop corpus index i from query i's results (a self-join: queries are the corpus).
+    precision : {'bf16', 'fp32'}
+        Precision of the scoring GEMM. The answer is the same (exact) either way; bf16 is
+        faster where the CPU has AMX.
+    exact : bool
+        False skips the double-precision rescoring and returns the GEMM's ranking.
     num_threads : int, optional
 
     Returns
@@ -83,12 +86,11 @@ def search(queries, corpus, k: int, exclude_self: bool = False, num_threads: int
     """
     q, c = _check(queries, corpus, k)
     _finite(q, "queries", "search"), _finite(c, "corpus", "search")
-    _args.threads(num_threads)
-    return _reference(q, c, int(k), -np.inf, np.inf, exclude_self)
+    return _run(q, c, k, -np.inf, np.inf, exclude_self, precision, exact, num_threads, "search")
 
 
-def band(queries, corpus, lo: float, hi: float, k: int, exclude_self: bool = False,
-         num_threads: int | None = None):
+def band(queries, corpus, lo: float, hi: float, k: int, exclude_self: bool = False, precision: str = "bf16",
+         exact: bool = True, num_threads: int | None = None):
     """Per query, the top-k corpus rows whose inner product s satisfies ``lo < s < hi``
     (both ends excluded: MegaPairs keeps (0.8, 0.96) to drop weak links and near-duplicates).
     Same returns as :func:`search`."""
@@ -96,5 +98,4 @@ def band(queries, corpus, lo: float, hi: float, k: int, exclude_self: bool = Fal
     if not (np.isfinite(lo) or lo == -np.inf) or not (np.isfinite(hi) or hi == np.inf) or not lo < hi:
         raise ValueError(f"band: need lo < hi, got lo={lo!r}, hi={hi!r}")
     _finite(q, "queries", "band"), _finite(c, "corpus", "band")
-    _args.threads(num_threads)
-    return _reference(q, c, int(k), float(lo), float(hi), exclude_self)
+    return _run(q, c, k, lo, hi, exclude_self, precision, exact, num_threads, "band")

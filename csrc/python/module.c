@@ -576,6 +576,62 @@ static PyType_Spec vit_spec = {
     .slots = vit_slots,
 };
 
+/* ---------------------------------------------------------------- kNN */
+
+// knn_search(queries, corpus, k, lo=-inf, hi=inf, *, exclude_self=False, precision="bf16",
+//            exact=True, num_threads=0) -> (scores (Q, k) float32, indices (Q, k) int64, candidates)
+static PyObject *py_knn_search(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"queries", "corpus", "k", "lo", "hi", "exclude_self", "precision", "exact",
+                             "num_threads", NULL};
+    PyObject *q_obj, *c_obj, *result = NULL, *scores = NULL, *indices = NULL;
+    long long k;
+    double lo = -INFINITY, hi = INFINITY;
+    int exclude_self = 0, exact = 1, num_threads = 0;
+    const char *precision_name = "bf16";
+    PyArrayObject *q = NULL, *c = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOL|dd$pspi:knn_search", kwlist, &q_obj, &c_obj, &k, &lo, &hi,
+                                     &exclude_self, &precision_name, &exact, &num_threads))
+        return NULL;
+    if (check_threads(num_threads)) return NULL;
+    enum mp_precision precision;
+    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
+    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
+    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (k <= 0) return PyErr_Format(PyExc_ValueError, "k must be positive, got %lld", k);
+    if (!(q = as_f32_array(q_obj, 2, "queries")) || !(c = as_f32_array(c_obj, 2, "corpus"))) goto done;
+    npy_intp Q = PyArray_DIM(q, 0), M = PyArray_DIM(c, 0), d = PyArray_DIM(q, 1);
+    if (PyArray_DIM(c, 1) != d) {
+        PyErr_Format(PyExc_ValueError, "queries have dimension %zd but the corpus has %zd", (Py_ssize_t)d,
+                     (Py_ssize_t)PyArray_DIM(c, 1));
+        goto done;
+    }
+    npy_intp dims[2] = {Q, (npy_intp)k};
+    if (!(scores = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0)) || !(indices = PyArray_EMPTY(2, dims, NPY_INT64, 0)))
+        goto done;
+    struct mp_knn_stats stats = {0};
+    enum mp_status status;
+    const float *qd = PyArray_DATA(q), *cd = PyArray_DATA(c);
+    float *sd = PyArray_DATA((PyArrayObject *)scores);
+    int64_t *id = PyArray_DATA((PyArrayObject *)indices);
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_knn_search(sd, id, qd, Q, cd, M, d, k, lo, hi, exclude_self, precision, exact, &stats);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    result = Py_BuildValue("OOL", scores, indices, (long long)stats.candidates);
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(c);
+    Py_XDECREF(scores);
+    Py_XDECREF(indices);
+    return result;
+}
+
 /* ---------------------------------------------------------------- text transformer */
 
 typedef struct {
@@ -985,6 +1041,9 @@ static PyMethodDef core_methods[] = {
     {"jpeg_decode", py_jpeg_decode, METH_VARARGS, "jpeg_decode(data, max_pixels=0) -> (H, W, 3) uint8."},
     {"preprocess", (PyCFunction)(void (*)(void))py_image_preprocess, METH_VARARGS | METH_KEYWORDS,
      "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, pass_order=1, num_threads=0)."},
+    {"knn_search", (PyCFunction)(void (*)(void))py_knn_search, METH_VARARGS | METH_KEYWORDS,
+     "knn_search(queries, corpus, k, lo=-inf, hi=inf, *, exclude_self=False, precision='bf16', exact=True, "
+     "num_threads=0) -> (scores, indices, candidates)."},
     {"matmul_nt", (PyCFunction)(void (*)(void))py_matmul_nt, METH_VARARGS | METH_KEYWORDS,
      "matmul_nt(a, b, *, precision='fp32', out=None, num_threads=0) -> a @ b.T as float32."},
     {"_raise_status_for_testing", py_raise_status_for_testing, METH_VARARGS, "Test hook: raise for a status."},

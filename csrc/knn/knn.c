@@ -1,0 +1,232 @@
+#include "knn/knn.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dtype.h"
+#include "core/simd.h"
+
+// A candidate: its corpus index and the upper bound of its score (the GEMM score in the
+// approximate mode).
+struct candidate {
+    double  ub;
+    int64_t j;
+};
+
+// The selection state of one query: a min-heap of the k best certified lower bounds (so
+// lb[0] is a lower bound of the k-th best true score once the heap holds k), and the
+// candidates whose upper bound reached it.
+struct row_state {
+    double           *lb;
+    int64_t           n_lb;
+    struct candidate *cand;
+    int64_t           n_cand, cap;
+    int               failed; // out of memory
+};
+
+static void heap_push_min(double *h, int64_t *n, int64_t k, double x) {
+    if (*n < k) { // sift up
+        int64_t i = (*n)++;
+        while (i > 0 && h[(i - 1) / 2] > x) h[i] = h[(i - 1) / 2], i = (i - 1) / 2;
+        h[i] = x;
+        return;
+    }
+    if (x <= h[0]) return;
+    int64_t i = 0; // replace the root, sift down
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= k) break;
+        if (c + 1 < k && h[c + 1] < h[c]) c++;
+        if (h[c] >= x) break;
+        h[i] = h[c], i = c;
+    }
+    h[i] = x;
+}
+
+// Drops the candidates whose upper bound fell below the threshold.
+static void compact(struct row_state *r, double threshold) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < r->n_cand; i++)
+        if (r->cand[i].ub >= threshold) r->cand[n++] = r->cand[i];
+    r->n_cand = n;
+}
+
+static int add_candidate(struct row_state *r, double ub, int64_t j, double threshold) {
+    if (r->n_cand == r->cap) {
+        compact(r, threshold);
+        if (r->n_cand * 2 >= r->cap) { // still half full or more: grow
+            int64_t cap = r->cap ? 2 * r->cap : 64;
+            struct candidate *grown = realloc(r->cand, (size_t)cap * sizeof *grown);
+            if (!grown) return -1;
+            r->cand = grown, r->cap = cap;
+        }
+    }
+    r->cand[r->n_cand++] = (struct candidate){ub, j};
+    return 0;
+}
+
+/* One query against one scored corpus block: s[0..n) are the GEMM scores of corpus rows
+ * j0.., err[0..n) their error bounds (eq * ||c_j||). A score can only matter if its upper
+ * bound reaches both lo and the current threshold; 16-score blocks whose largest upper bound
+ * does not are skipped whole. */
+MP_CLONES static void select_block(struct row_state *r, const float *s, const double *cnorm, double eq, int64_t j0,
+                                   int64_t n, int64_t self, double lo, double hi, int64_t k) {
+    double threshold = r->n_lb == k ? r->lb[0] : -INFINITY;
+    double floor = threshold > lo ? threshold : lo;
+    for (int64_t b = 0; b < n; b += 16) {
+        int64_t w = n - b < 16 ? n - b : 16;
+        double top = -INFINITY;
+        for (int64_t i = 0; i < w; i++) {
+            double ub = (double)s[b + i] + eq * cnorm[b + i];
+            top = ub > top ? ub : top;
+        }
+        if (top < floor && isfinite(top)) continue;
+        for (int64_t i = 0; i < w; i++) {
+            int64_t j = j0 + b + i;
+            double sc = s[b + i], e = eq * cnorm[b + i], ub = sc + e, lb = sc - e;
+            if (!isfinite(sc)) ub = INFINITY, lb = -INFINITY; // overflowed: decide in double
+            if (ub < floor || ub <= lo || lb >= hi || j == self) continue;
+            if (add_candidate(r, ub, j, threshold)) {
+                r->failed = 1;
+                return;
+            }
+            if (lb > lo && ub < hi) { // certainly in the band: its lower bound may raise the threshold
+                heap_push_min(r->lb, &r->n_lb, k, lb);
+                if (r->n_lb == k) {
+                    threshold = r->lb[0];
+                    floor = threshold > lo ? threshold : lo;
+                }
+            }
+        }
+    }
+}
+
+// <a, b> in double precision (each product is exact in double), eight partial sums so the
+// loop vectorises.
+MP_CLONES static double dot_double(const float *a, const float *b, int64_t d) {
+    double acc[8] = {0};
+    int64_t t = 0;
+    for (; t + 8 <= d; t += 8)
+#pragma omp simd
+        for (int i = 0; i < 8; i++) acc[i] += (double)a[t + i] * (double)b[t + i];
+    double sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; t < d; t++) sum += (double)a[t] * (double)b[t];
+    return sum;
+}
+
+static int by_score(const void *pa, const void *pb) {
+    const struct candidate *a = pa, *b = pb; // ub holds the final score here
+    if (a->ub != b->ub) return a->ub > b->ub ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+// The query's final answer: rescored (exact) or GEMM scores, band, order, padding. Returns
+// how many candidates it scored.
+static int64_t finish_row(struct row_state *r, float *scores, int64_t *indices, const float *q, const float *corpus,
+                       int64_t d, int64_t k, double lo, double hi, int exact) {
+    double threshold = r->n_lb == k ? r->lb[0] : -INFINITY;
+    int64_t n = 0, scored = 0;
+    for (int64_t i = 0; i < r->n_cand; i++) {
+        struct candidate c = r->cand[i];
+        if (c.ub < threshold) continue;
+        scored++;
+        if (exact) c.ub = dot_double(q, corpus + c.j * d, d);
+        if (c.ub > lo && c.ub < hi) r->cand[n++] = c;
+    }
+    if (n > 1) qsort(r->cand, (size_t)n, sizeof *r->cand, by_score);
+    for (int64_t i = 0; i < k; i++) {
+        scores[i] = i < n ? (float)r->cand[i].ub : -INFINITY;
+        indices[i] = i < n ? r->cand[i].j : -1;
+    }
+    return scored;
+}
+
+// (1 + 2^-20) * bound + tiny: the bound of docs/knn.md with slack for the double arithmetic
+// evaluating it, and an absolute term for flushed denormals.
+static double error_scale(int64_t d, enum mp_precision precision) {
+    double u32 = ldexp(1.0, -24), gamma = (double)(d + 2) * u32 / (1.0 - (double)(d + 2) * u32);
+    if (precision == MP_PRECISION_BF16) {
+        double u = ldexp(1.0, -8);
+        gamma = (2 * u + u * u) + gamma * (1 + u) * (1 + u);
+    }
+    return gamma * (1.0 + ldexp(1.0, -20));
+}
+
+enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queries, int64_t Q, const float *corpus,
+                             int64_t M, int64_t d, int64_t k, double lo, double hi, int exclude_self,
+                             enum mp_precision precision, int exact, struct mp_knn_stats *stats) {
+    if (Q < 0 || M < 0 || d <= 0 || k <= 0 || (Q > 0 && (!scores || !indices || !queries)) || (M > 0 && !corpus))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "knn_search: bad arguments (Q=%lld M=%lld d=%lld k=%lld)",
+                        (long long)Q, (long long)M, (long long)d, (long long)k);
+    if (!(lo < hi)) return mp_error(MP_STATUS_INVALID_ARGUMENT, "knn_search: need lo < hi");
+    if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "knn_search: unknown precision");
+    if (stats) stats->candidates = 0;
+    if (Q == 0) return MP_STATUS_OK;
+    int bf16 = precision == MP_PRECISION_BF16;
+    double scale = exact ? error_scale(d, precision) : 0.0;
+    int64_t BQ = Q < MP_KNN_QUERY_BLOCK ? Q : MP_KNN_QUERY_BLOCK;
+    int64_t BC = M < MP_KNN_CORPUS_BLOCK ? (M > 0 ? M : 1) : MP_KNN_CORPUS_BLOCK;
+    float *tile = malloc((size_t)(BQ * BC) * sizeof *tile);
+    double *cnorm = malloc((size_t)BC * sizeof *cnorm), *qerr = malloc((size_t)BQ * sizeof *qerr);
+    uint16_t *q16 = bf16 ? malloc((size_t)(BQ * d) * sizeof *q16) : NULL;
+    uint16_t *c16 = bf16 ? malloc((size_t)(BC * d) * sizeof *c16) : NULL;
+    struct row_state *rows = calloc((size_t)BQ, sizeof *rows);
+    double *lb = malloc((size_t)(BQ * k) * sizeof *lb);
+    enum mp_status status = MP_STATUS_OK;
+    if (!tile || !cnorm || !qerr || !rows || !lb || (bf16 && (!q16 || !c16))) {
+        status = mp_error(MP_STATUS_OUT_OF_MEMORY, "knn_search: cannot allocate a %lld x %lld score tile",
+                          (long long)BQ, (long long)BC);
+        goto done;
+    }
+    for (int64_t q0 = 0; q0 < Q; q0 += BQ) {
+        int64_t nq = Q - q0 < BQ ? Q - q0 : BQ;
+        const float *qb = queries + q0 * d;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nq; i++) {
+            qerr[i] = scale * sqrt(dot_double(qb + i * d, qb + i * d, d));
+            rows[i].lb = lb + i * k, rows[i].n_lb = 0, rows[i].n_cand = 0, rows[i].failed = 0;
+        }
+        if (bf16) mp_dtype_convert(q16, MP_DTYPE_BF16, qb, MP_DTYPE_F32, nq * d);
+        for (int64_t j0 = 0; j0 < M; j0 += BC) {
+            int64_t nc = M - j0 < BC ? M - j0 : BC;
+            const float *cb = corpus + j0 * d;
+#pragma omp parallel for schedule(static)
+            for (int64_t j = 0; j < nc; j++) cnorm[j] = exact ? sqrt(dot_double(cb + j * d, cb + j * d, d)) : 0.0;
+            // tile = q_block @ c_block^T (c read transposed through its strides)
+            const int64_t out_strides[4] = {nq * nc, nq * nc, nc, 1}, a_strides[4] = {nq * d, nq * d, d, 1},
+                          b_strides[4] = {nc * d, nc * d, 1, d};
+            if (bf16) {
+                mp_dtype_convert(c16, MP_DTYPE_BF16, cb, MP_DTYPE_F32, nc * d);
+                status = mp_matmul_strided_typed(tile, MP_DTYPE_F32, out_strides, q16, MP_DTYPE_BF16, a_strides, c16,
+                                                 MP_DTYPE_BF16, b_strides, 1, 1, nq, nc, d, precision);
+            } else {
+                status = mp_matmul_strided(tile, out_strides, qb, a_strides, cb, b_strides, 1, 1, nq, nc, d,
+                                           precision);
+            }
+            if (status) goto done;
+#pragma omp parallel for schedule(dynamic, 16)
+            for (int64_t i = 0; i < nq; i++)
+                select_block(&rows[i], tile + i * nc, cnorm, qerr[i], j0, nc, exclude_self ? q0 + i : -1, lo, hi, k);
+        }
+        int failed = 0;
+        int64_t candidates = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : candidates) reduction(| : failed)
+        for (int64_t i = 0; i < nq; i++) {
+            failed |= rows[i].failed;
+            if (rows[i].failed) continue;
+            candidates += finish_row(&rows[i], scores + (q0 + i) * k, indices + (q0 + i) * k, qb + i * d, corpus, d,
+                                     k, lo, hi, exact);
+        }
+        if (stats) stats->candidates += candidates;
+        if (failed) {
+            status = mp_error(MP_STATUS_OUT_OF_MEMORY, "knn_search: out of memory for candidates");
+            goto done;
+        }
+    }
+done:
+    for (int64_t i = 0; rows && i < BQ; i++) free(rows[i].cand);
+    free(rows), free(lb), free(tile), free(cnorm), free(qerr), free(q16), free(c16);
+    return status;
+}

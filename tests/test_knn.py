@@ -1,0 +1,160 @@
+"""megapairs.knn against a NumPy float64 brute force (written here) and faiss.IndexFlatIP.
+
+Exactness means: the indices of a float64 brute force over the float32 inputs, ranked by
+descending score with ties to the lower index, whichever GEMM precision scored the corpus."""
+
+import numpy as np
+import pytest
+
+import megapairs as mp
+from megapairs import _core
+
+
+def brute_force(q, c, k, lo=-np.inf, hi=np.inf, exclude_self=False):
+    """float64 scores, the band (lo, hi) exclusive, ties to the lower index, -inf/-1 padding."""
+    s = q.astype(np.float64) @ c.astype(np.float64).T
+    keep = (s > lo) & (s < hi)
+    if exclude_self:
+        keep[np.arange(len(q)), np.arange(len(q))] = False
+    s = np.where(keep, s, -np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(c.shape[0]), s.shape), -s), axis=1)[:, :k]
+    scores = np.take_along_axis(s, order, 1)
+    ids = np.where(np.isfinite(scores), order, -1)
+    if k > c.shape[0]:
+        pad = k - c.shape[0]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    return scores.astype(np.float32), ids
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def datasets():
+    rng = np.random.default_rng(0)
+    random = unit(rng.standard_normal((3000, 64)))
+    centres = rng.standard_normal((20, 96))
+    clustered = unit(centres[rng.integers(0, 20, 2500)] + 0.15 * rng.standard_normal((2500, 96)))
+    duplicated = random[rng.integers(0, 300, 2000)]  # many exact duplicates: ties everywhere
+    quantised = (rng.integers(-2, 3, (2000, 16))).astype(np.float32)  # integer scores: massive ties
+    return {"random": random, "clustered": clustered, "duplicated": duplicated, "quantised": quantised}
+
+
+DATA = datasets()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("name", list(DATA))
+def test_self_join_equals_float64_brute_force(name, precision):
+    x = DATA[name]
+    want_s, want_i = brute_force(x, x, 10, exclude_self=True)
+    got_s, got_i = mp.knn.search(x, x, 10, exclude_self=True, precision=precision)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_queries_against_corpus_and_faiss(precision):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    corpus = unit(rng.standard_normal((5000, 128)))
+    queries = unit(rng.standard_normal((300, 128)))
+    got_s, got_i = mp.knn.search(queries, corpus, 50, precision=precision)
+    _, want_i = brute_force(queries, corpus, 50)
+    np.testing.assert_array_equal(got_i, want_i)
+    index = faiss.IndexFlatIP(128)
+    index.add(corpus)
+    faiss_s, faiss_i = index.search(queries, 50)
+    np.testing.assert_array_equal(got_i, faiss_i)  # random data has no near-ties at fp32 resolution
+    np.testing.assert_allclose(got_s, faiss_s, atol=1e-5)
+
+
+def test_adversarial_near_ties_in_bf16():
+    """Candidates that a bf16 GEMM cannot tell apart (scores within 1e-4 of each other
+    around the k-th) are still ranked exactly."""
+    rng = np.random.default_rng(2)
+    base = unit(rng.standard_normal((1, 256)))
+    noise = unit(rng.standard_normal((4000, 256)))
+    corpus = unit(base + 0.5 * noise + 1e-4 * rng.standard_normal((4000, 256)))
+    corpus[::7] = unit(base + 0.5 * noise[::7])  # near-duplicates of other rows' directions
+    queries = unit(base + 1e-3 * rng.standard_normal((64, 256)))
+    for k in (1, 20, 200):
+        _, want_i = brute_force(queries, corpus, k)
+        _, got_i = mp.knn.search(queries, corpus, k, precision="bf16")
+        np.testing.assert_array_equal(got_i, want_i)
+    # the approximate path alone is not exact here: that is why rescoring exists
+    _, approx_i = mp.knn.search(queries, corpus, 200, precision="bf16", exact=False)
+    assert (approx_i != want_i).any()
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 3, 5), (5, 3, 1, 10), (4, 1, 2, 1), (17, 4097, 33, 3), (2050, 300, 8, 4)])
+def test_shapes_and_padding(shape):
+    """Q = 1, d = 1, k > M (padding), M and Q not multiples of the blocks."""
+    Q, M, d, k = shape
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((Q, d)).astype(np.float32)
+    c = rng.standard_normal((M, d)).astype(np.float32)
+    want_s, want_i = brute_force(q, c, k)
+    got_s, got_i = mp.knn.search(q, c, k)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, atol=1e-5)
+    assert got_s.dtype == np.float32 and got_i.dtype == np.int64 and got_s.shape == (Q, k)
+
+
+def test_band_edges_are_excluded():
+    """Scores exactly lo or hi are out; integer data puts many scores exactly on the edges."""
+    x = DATA["quantised"]
+    for lo, hi in ((2.0, 6.0), (-1.0, 1.0), (0.0, 3.0)):
+        want_s, want_i = brute_force(x, x, 15, lo, hi, exclude_self=True)
+        got_s, got_i = mp.knn.band(x, x, lo, hi, 15, exclude_self=True)
+        np.testing.assert_array_equal(got_i, want_i)
+        finite = np.isfinite(got_s)
+        assert ((got_s[finite] > lo) & (got_s[finite] < hi)).all()
+    unit_x = DATA["clustered"]
+    want_s, want_i = brute_force(unit_x, unit_x, 20, 0.8, 0.96, exclude_self=True)
+    got_s, got_i = mp.knn.band(unit_x, unit_x, 0.8, 0.96, 20, exclude_self=True)
+    np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_memmapped_corpus(tmp_path):
+    x = DATA["clustered"]
+    path = tmp_path / "corpus.f32"
+    x.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode="r", shape=x.shape)
+    _, want_i = brute_force(x[:100], x, 10)
+    _, got_i = mp.knn.search(mm[:100], mm, 10)
+    np.testing.assert_array_equal(got_i, want_i)
+
+
+def test_candidates_stay_few():
+    """The error bound is tight enough that rescoring stays a small cost."""
+    x = DATA["random"]
+    _, _, fp32 = _core.knn_search(x, x, 10, exclude_self=True, precision="fp32")
+    _, _, bf16 = _core.knn_search(x, x, 10, exclude_self=True, precision="bf16")
+    assert fp32 / len(x) < 12 and bf16 / len(x) < 100
+
+
+def test_bad_input():
+    x = DATA["random"][:50]
+    with pytest.raises(ValueError, match="non-finite value at row 3, column 1"):
+        bad = x.copy()
+        bad[3, 1] = np.nan
+        mp.knn.search(bad, x, 5)
+    with pytest.raises(ValueError, match="corpus holds a non-finite"):
+        bad = x.copy()
+        bad[7, 0] = np.inf
+        mp.knn.search(x, bad, 5)
+    with pytest.raises(ValueError, match="dimension 64 but the corpus has 63"):
+        mp.knn.search(x, x[:, :63], 5)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        mp.knn.search(x, x, 0)
+    with pytest.raises(ValueError, match="must be a float array"):
+        mp.knn.search(x.astype(np.int64), x, 3)
+    with pytest.raises(ValueError, match="need lo < hi"):
+        mp.knn.band(x, x, 0.9, 0.8, 3)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        mp.knn.search(x[0], x, 3)
+    with pytest.raises(ValueError, match="precision"):
+        mp.knn.search(x, x, 3, precision="fp16")
