@@ -7,14 +7,14 @@
  * The corpus is streamed in blocks against a block of queries at a time: a oneDNN GEMM
  * scores the tile, and each query keeps the candidates that can still belong to its top-k.
  * The GEMM's error is bounded from the vector norms (fp32: gamma_d; bf16: also the rounding of
- * both operands, see docs/knn.md), so a candidate is dropped only when its upper bound is below
+ * both operands, see vector_terms in knn.c), so a candidate is dropped only when its upper bound is below
  * a certified lower bound of the k-th best score. The survivors are rescored in double
  * precision from the fp32 inputs: the result equals a float64 brute force, ranked by
  * descending score with ties to the lower index, whatever precision the GEMM ran at.
  *
  * Rows with fewer than k results are padded with -inf and -1. Extra memory: one score tile
- * (at most MP_KNN_QUERY_BLOCK x MP_KNN_CORPUS_BLOCK floats) plus the candidates of one query
- * block. Threads: OpenMP (GEMM and per-query selection). */
+ * (at most MP_KNN_QUERY_BLOCK x MP_KNN_CORPUS_BLOCK floats), the candidates of one query
+ * block, and 16 bytes per corpus row (the error-bound terms). Threads: OpenMP (GEMM and per-query selection). */
 #ifndef MP_KNN_KNN_H
 #define MP_KNN_KNN_H
 
