@@ -70,18 +70,33 @@ static int add_candidate(struct row_state *r, double ub, int64_t j, double thres
  * j0..; the error bound of score j is qa * cp[j] + qb * cr[j] (see vector_terms). A score can
  * only matter if its upper bound reaches both lo and the current threshold; 16-score blocks
  * whose largest upper bound does not are skipped whole. */
-MP_CLONES static void select_block(struct row_state *r, const float *s, const double *cp, const double *cr, double qa,
-                                   double qb, int64_t j0, int64_t n, int64_t self, double lo, double hi, int64_t k) {
+MP_CLONES static void select_block(struct row_state *r, const float *s, const double *cp, const double *cr,
+                                   const float *cpf, const float *crf, double qa, double qb, int64_t j0, int64_t n,
+                                   int64_t self, double lo, double hi, int64_t k) {
     double threshold = r->n_lb == k ? r->lb[0] : -INFINITY;
     double floor = threshold > lo ? threshold : lo;
+    float fa = (float)qa, fb = (float)qb;
     for (int64_t b = 0; b < n; b += 16) {
         int64_t w = n - b < 16 ? n - b : 16;
-        double top = -INFINITY;
-        for (int64_t i = 0; i < w; i++) {
-            double ub = (double)s[b + i] + (qa * cp[b + i] + qb * cr[b + i]);
-            top = ub > top ? ub : top;
+        // Pre-check in float, 16 lanes: skip the block when even its largest upper bound, with
+        // a margin for the float rounding (relative 2^-20, absolute 2^-100), is below the floor.
+        float top = -INFINITY, mag = 0.0f; // mag: the largest |s| + e, what the rounding scales with
+        if (w == 16) {
+#pragma omp simd reduction(max : top, mag)
+            for (int i = 0; i < 16; i++) {
+                float e = fa * cpf[b + i] + fb * crf[b + i], ub = s[b + i] + e, m = fabsf(s[b + i]) + e;
+                top = ub > top ? ub : top;
+                mag = m > mag ? m : mag;
+            }
+        } else {
+            for (int64_t i = 0; i < w; i++) {
+                float e = fa * cpf[b + i] + fb * crf[b + i], ub = s[b + i] + e, m = fabsf(s[b + i]) + e;
+                top = ub > top ? ub : top;
+                mag = m > mag ? m : mag;
+            }
         }
-        if (top < floor && isfinite(top)) continue;
+        double margin = (double)mag * 0x1p-20 + 0x1p-100;
+        if ((double)top + margin < floor && isfinite(top)) continue;
         for (int64_t i = 0; i < w; i++) {
             int64_t j = j0 + b + i;
             double sc = s[b + i], e = qa * cp[b + i] + qb * cr[b + i], ub = sc + e, lb = sc - e;
@@ -131,6 +146,10 @@ static int64_t finish_row(struct row_state *r, float *scores, int64_t *indices, 
         struct candidate c = r->cand[i];
         if (c.ub < threshold) continue;
         scored++;
+        if (exact && i + 1 < r->n_cand) { // the next row is a random read: start it early
+            const char *next = (const char *)(corpus + r->cand[i + 1].j * d);
+            for (int64_t line = 0; line < d * (int64_t)sizeof(float); line += 64) __builtin_prefetch(next + line);
+        }
         if (exact) c.ub = dot_double(q, corpus + c.j * d, d);
         if (c.ub > lo && c.ub < hi) r->cand[n++] = c;
     }
@@ -152,10 +171,20 @@ static int64_t finish_row(struct row_state *r, float *scores, int64_t *indices, 
  * norms are computed in double and scaled by (1 + 2^-20) to cover that arithmetic. Using the
  * actual rounding residuals rather than the worst case (2^-8 relative) makes the bound about
  * three times tighter for bf16, and so the candidate sets about three times smaller. */
-static void vector_terms(const float *x, int64_t d, int bf16, double *n_out, double *rho_out) {
+// x rounded to the nearest bf16 (ties to even) and widened back, for finite x: what
+// mp_dtype_convert gives the GEMM.
+static inline float round_to_bf16(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+MP_CLONES static void vector_terms(const float *x, int64_t d, int bf16, double *n_out, double *rho_out) {
     double n = 0.0, rho = 0.0;
     for (int64_t t = 0; t < d; t++) {
-        double v = x[t], h = bf16 ? (double)mp_bf16_to_f32(mp_f32_to_bf16(x[t])) : v;
+        double v = x[t], h = bf16 ? (double)round_to_bf16(x[t]) : v;
         n += h * h, rho += (v - h) * (v - h);
     }
     double safety = 1.0 + ldexp(1.0, -20);
@@ -181,12 +210,13 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
     // error-bound terms: the whole corpus once (16 bytes a row), a query block at a time
     double *cp = malloc((size_t)(M > 0 ? M : 1) * sizeof *cp), *cr = malloc((size_t)(M > 0 ? M : 1) * sizeof *cr);
     double *qa = malloc((size_t)BQ * sizeof *qa), *qb_ = malloc((size_t)BQ * sizeof *qb_);
+    float *cpf = malloc((size_t)(M > 0 ? M : 1) * sizeof *cpf), *crf = malloc((size_t)(M > 0 ? M : 1) * sizeof *crf);
     uint16_t *q16 = bf16 ? malloc((size_t)(BQ * d) * sizeof *q16) : NULL;
     uint16_t *c16 = bf16 ? malloc((size_t)(BC * d) * sizeof *c16) : NULL;
     struct row_state *rows = calloc((size_t)BQ, sizeof *rows);
     double *lb = malloc((size_t)(BQ * k) * sizeof *lb);
     enum mp_status status = MP_STATUS_OK;
-    if (!tile || !cp || !cr || !qa || !qb_ || !rows || !lb || (bf16 && (!q16 || !c16))) {
+    if (!tile || !cp || !cr || !cpf || !crf || !qa || !qb_ || !rows || !lb || (bf16 && (!q16 || !c16))) {
         status = mp_error(MP_STATUS_OUT_OF_MEMORY, "knn_search: cannot allocate a %lld x %lld score tile",
                           (long long)BQ, (long long)BC);
         goto done;
@@ -196,6 +226,7 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
         double n, rho;
         vector_terms(corpus + j * d, d, bf16, &n, &rho);
         cp[j] = exact ? rho + gamma * n : 0.0, cr[j] = exact ? n + rho : 0.0;
+        cpf[j] = (float)cp[j], crf[j] = (float)cr[j]; // for the pre-check, which keeps a margin
     }
     for (int64_t q0 = 0; q0 < Q; q0 += BQ) {
         int64_t nq = Q - q0 < BQ ? Q - q0 : BQ;
@@ -225,7 +256,7 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
             if (status) goto done;
 #pragma omp parallel for schedule(dynamic, 16)
             for (int64_t i = 0; i < nq; i++)
-                select_block(&rows[i], tile + i * nc, cp + j0, cr + j0, qa[i], qb_[i], j0, nc,
+                select_block(&rows[i], tile + i * nc, cp + j0, cr + j0, cpf + j0, crf + j0, qa[i], qb_[i], j0, nc,
                              exclude_self ? q0 + i : -1, lo, hi, k);
         }
         int failed = 0;
@@ -245,6 +276,6 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
     }
 done:
     for (int64_t i = 0; rows && i < BQ; i++) free(rows[i].cand);
-    free(rows), free(lb), free(tile), free(cp), free(cr), free(qa), free(qb_), free(q16), free(c16);
+    free(rows), free(lb), free(tile), free(cp), free(cr), free(cpf), free(crf), free(qa), free(qb_), free(q16), free(c16);
     return status;
 }
