@@ -68,7 +68,9 @@ def search(queries, corpus, k: int, exclude_self: bool = False, precision: str =
     Parameters
     ----------
     queries : (Q, d) float array
-    corpus : (M, d) float array (an ``np.memmap`` larger than RAM works)
+    corpus : (M, d) float array
+        Used in place when it is C-contiguous float32 (an ``np.memmap`` larger than RAM works:
+        it is read block by block); other float dtypes are converted first, which copies.
     k : int
         Neighbours per query; rows are padded with -inf / -1 when the corpus has fewer.
     exclude_self : bool
