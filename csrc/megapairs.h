@@ -35,6 +35,7 @@
 #include "image/preprocess.h"
 #include "image/resample.h"
 #include "knn/knn.h"
+#include "loss/infonce.h"
 #include "text/clip_tokenizer.h"
 #include "text/unicode.h"
 #include "text/wordpiece.h"

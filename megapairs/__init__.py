@@ -12,7 +12,7 @@ from ._loader import load_core as _load_core
 
 _core = _load_core()
 
-from . import images, knn, mining, text, weights  # noqa: E402
+from . import images, knn, loss, mining, text, training, weights  # noqa: E402
 from .encoders import CLIP, DINOv2, SentenceEncoder  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -30,9 +30,11 @@ __all__ = [
     "get_num_threads",
     "images",
     "knn",
+    "loss",
     "mining",
     "set_num_threads",
     "show_config",
     "text",
+    "training",
     "weights",
 ]

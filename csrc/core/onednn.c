@@ -86,10 +86,32 @@ enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const
                                    b_strides, B0, B1, M, N, K, precision);
 }
 
+static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
+                             enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
+                             const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
+                             enum mp_precision precision, int accumulate);
+
 enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
                                        enum mp_dtype a_type, const int64_t a_strides[4], const void *b,
                                        enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0, int64_t B1,
                                        int64_t M, int64_t N, int64_t K, enum mp_precision precision) {
+    return matmul(out, out_type, out_strides, a, a_type, a_strides, b, b_type, b_strides, B0, B1, M, N, K, precision,
+                  0);
+}
+
+enum mp_status mp_matmul_strided_accumulate(float *out, const int64_t out_strides[2], const float *a,
+                                            const int64_t a_strides[2], const float *b, const int64_t b_strides[2],
+                                            int64_t M, int64_t N, int64_t K) {
+    const int64_t os[4] = {M * N, M * N, out_strides[0], out_strides[1]},
+                  as[4] = {M * K, M * K, a_strides[0], a_strides[1]}, bs[4] = {K * N, K * N, b_strides[0], b_strides[1]};
+    return matmul(out, MP_DTYPE_F32, os, a, MP_DTYPE_F32, as, b, MP_DTYPE_F32, bs, 1, 1, M, N, K, MP_PRECISION_FP32,
+                  1);
+}
+
+static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
+                             enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
+                             const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
+                             enum mp_precision precision, int accumulate) {
     dnnl_data_type_t at, bt, ot;
     if (dnnl_type(a_type, &at) || dnnl_type(b_type, &bt) || dnnl_type(out_type, &ot))
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: operands must be F32 or BF16");
@@ -102,6 +124,7 @@ enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const 
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: unknown precision %d", (int)precision);
     if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return MP_STATUS_OK;
     if (!out || (K > 0 && (!a || !b))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: NULL buffer");
+    if (K == 0 && accumulate) return MP_STATUS_OK; // adding the empty sum
     if (K == 0) { // oneDNN rejects zero-sized reductions; the empty sum is zero
         size_t bytes = ot == dnnl_f32 ? 4 : 2; // +0.0 is all zero bits in both
         for (int64_t i = 0; i < B0; i++)
@@ -143,6 +166,14 @@ enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const 
     if (precision == MP_PRECISION_BF16 && (at == dnnl_f32 || bt == dnnl_f32) &&
         (s = dnnl_primitive_attr_set_fpmath_mode(attr, dnnl_fpmath_mode_bf16)) != dnnl_success)
         goto done;
+    if (accumulate) { // out += a @ b: a sum post-op
+        dnnl_post_ops_t ops = NULL;
+        if ((s = dnnl_post_ops_create(&ops)) != dnnl_success) goto done;
+        if ((s = dnnl_post_ops_append_sum(ops, 1.0f, 0, dnnl_data_type_undef)) == dnnl_success)
+            s = dnnl_primitive_attr_set_post_ops(attr, ops);
+        dnnl_post_ops_destroy(ops);
+        if (s != dnnl_success) goto done;
+    }
     if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, a_md, b_md, NULL, out_md, attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
     what = "memory creation";

@@ -632,6 +632,63 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- InfoNCE */
+
+// infonce(q (B, E), c (N, E), positives (B,) int64, ids (N,) int64 or None, temperature, *,
+//         grad=True, num_threads=0) -> (loss, dq or None, dc or None, dtau or None, row_loss)
+static PyObject *py_infonce(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"q", "c", "positives", "ids", "temperature", "grad", "num_threads", NULL};
+    PyObject *q_obj, *c_obj, *pos_obj, *ids_obj, *result = NULL, *dq = NULL, *dc = NULL, *rows = NULL;
+    double tau;
+    int grad = 1, num_threads = 0;
+    PyArrayObject *q = NULL, *c = NULL, *pos = NULL, *ids = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|$pi:infonce", kwlist, &q_obj, &c_obj, &pos_obj, &ids_obj,
+                                     &tau, &grad, &num_threads))
+        return NULL;
+    if (check_threads(num_threads)) return NULL;
+    if (!(q = as_f32_array(q_obj, 2, "q")) || !(c = as_f32_array(c_obj, 2, "c"))) goto done;
+    if (!(pos = (PyArrayObject *)PyArray_FROM_OTF(pos_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY))) goto done;
+    if (ids_obj != Py_None && !(ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY)))
+        goto done;
+    npy_intp B = PyArray_DIM(q, 0), E = PyArray_DIM(q, 1), N = PyArray_DIM(c, 0);
+    if (PyArray_DIM(c, 1) != E || PyArray_NDIM(pos) != 1 || PyArray_DIM(pos, 0) != B ||
+        (ids && (PyArray_NDIM(ids) != 1 || PyArray_DIM(ids, 0) != N))) {
+        PyErr_SetString(PyExc_ValueError, "infonce: shapes must be q (B, E), c (N, E), positives (B,), ids (N,)");
+        goto done;
+    }
+    npy_intp qdims[2] = {B, E}, cdims[2] = {N, E}, rdims[1] = {B};
+    if (!(rows = PyArray_EMPTY(1, rdims, NPY_FLOAT32, 0))) goto done;
+    if (grad && (!(dq = PyArray_EMPTY(2, qdims, NPY_FLOAT32, 0)) || !(dc = PyArray_EMPTY(2, cdims, NPY_FLOAT32, 0))))
+        goto done;
+    float loss = 0.0f, dtau = 0.0f;
+    enum mp_status status;
+    const float *qd = PyArray_DATA(q), *cd = PyArray_DATA(c);
+    const int64_t *pd = PyArray_DATA(pos), *idd = ids ? PyArray_DATA(ids) : NULL;
+    float *dqd = dq ? PyArray_DATA((PyArrayObject *)dq) : NULL, *dcd = dc ? PyArray_DATA((PyArrayObject *)dc) : NULL;
+    float *rd = PyArray_DATA((PyArrayObject *)rows);
+    Py_BEGIN_ALLOW_THREADS
+    struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
+    status = mp_infonce(&loss, dqd, dcd, grad ? &dtau : NULL, qd, cd, pd, idd, B, N, E, (float)tau, rd);
+    mp_thread_scope_end(scope);
+    Py_END_ALLOW_THREADS
+    if (status != MP_STATUS_OK) {
+        raise_status(status);
+        goto done;
+    }
+    if (grad) result = Py_BuildValue("dOOdO", (double)loss, dq, dc, (double)dtau, rows);
+    else result = Py_BuildValue("dOOOO", (double)loss, Py_None, Py_None, Py_None, rows);
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(c);
+    Py_XDECREF(pos);
+    Py_XDECREF(ids);
+    Py_XDECREF(dq);
+    Py_XDECREF(dc);
+    Py_XDECREF(rows);
+    return result;
+}
+
 /* ---------------------------------------------------------------- text transformer */
 
 typedef struct {
@@ -1041,6 +1098,8 @@ static PyMethodDef core_methods[] = {
     {"jpeg_decode", py_jpeg_decode, METH_VARARGS, "jpeg_decode(data, max_pixels=0) -> (H, W, 3) uint8."},
     {"preprocess", (PyCFunction)(void (*)(void))py_image_preprocess, METH_VARARGS | METH_KEYWORDS,
      "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, pass_order=1, num_threads=0)."},
+    {"infonce", (PyCFunction)(void (*)(void))py_infonce, METH_VARARGS | METH_KEYWORDS,
+     "infonce(q, c, positives, ids, temperature, *, grad=True, num_threads=0) -> (loss, dq, dc, dtau, row_loss)."},
     {"knn_search", (PyCFunction)(void (*)(void))py_knn_search, METH_VARARGS | METH_KEYWORDS,
      "knn_search(queries, corpus, k, lo=-inf, hi=inf, *, exclude_self=False, precision='bf16', exact=True, "
      "num_threads=0) -> (scores, indices, candidates)."},

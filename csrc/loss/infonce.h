@@ -1,0 +1,42 @@
+/* loss/infonce.h: InfoNCE over a batch, forward and backward fused, a block of rows at a time.
+ *
+ *     loss = mean_i [ -s(i, pos_i) / tau + logsumexp_j s(i, j) / tau ],   s = q c^T
+ *
+ * over every candidate j of the batch (minus false negatives, see `ids`). A block of at most
+ * MP_INFONCE_ROWS query rows is scored at once (one GEMM), its softmax taken in place, turned
+ * into d loss / d scores, and its contributions to dq (one GEMM) and dc (one GEMM,
+ * accumulated) added: the three GEMMs an unfused implementation does, without ever holding
+ * the B x N score matrix. Extra memory: one MP_INFONCE_ROWS x N block plus O(B) floats.
+ *
+ *     float loss;
+ *     mp_infonce(&loss, dq, dc, NULL, q, c, pos, NULL, B, N, E, 0.02f, NULL);
+ */
+#ifndef MP_LOSS_INFONCE_H
+#define MP_LOSS_INFONCE_H
+
+#include <stdint.h>
+
+#include "core/status.h"
+
+enum { MP_INFONCE_ROWS = 256 };
+
+// Computes the loss and, when dq / dc / dtau are not NULL, its gradients. pos[i] in [0, N) is
+// query i's positive. ids (N) may be NULL; otherwise candidate j != pos[i] with
+// ids[j] == ids[pos[i]] is left out of row i's denominator (a duplicate of the positive).
+// row_loss (B) may be NULL; it receives each row's term. All in fp32 with fp32 GEMMs;
+// log-sum-exp and the loss sum in double.
+enum mp_status mp_infonce(float         *loss,     // scalar: the mean over rows
+                          float         *dq,       // (B, E) or NULL
+                          float         *dc,       // (N, E) or NULL
+                          float         *dtau,     // scalar or NULL
+                          const float   *q,        // (B, E)
+                          const float   *c,        // (N, E)
+                          const int64_t *pos,      // (B)
+                          const int64_t *ids,      // (N) or NULL
+                          int64_t        B,
+                          int64_t        N,
+                          int64_t        E,
+                          float          tau,
+                          float         *row_loss); // (B) or NULL
+
+#endif
