@@ -78,7 +78,8 @@ def _check(q, c, temperature):
 
 
 def infonce(q, c, temperature: float = 0.02, positives=None, group_size: int | None = None, ids=None,
-            symmetric: bool = False, return_grad: bool = False, num_threads: int | None = None) -> InfoNCEOutput:
+            symmetric: bool = False, return_grad: bool = False, precision: str = "fp32",
+            num_threads: int | None = None) -> InfoNCEOutput:
     """InfoNCE loss of queries ``q`` (B, E) against candidates ``c`` (N, E), optionally with
     its gradients, computed a block of 256 rows at a time (memory O(256 N) beyond inputs and
     gradients). fp32 GEMMs; log-sum-exp and sums in double.
@@ -99,8 +100,13 @@ def infonce(q, c, temperature: float = 0.02, positives=None, group_size: int | N
         query i its positive (masking queries whose positives share its id).
     return_grad : bool
         Also return d loss / d q, d c and d temperature.
+    precision : {'fp32', 'bf16'}
+        'bf16' runs the three GEMMs with bf16 products (AMX) and fp32 accumulation; softmax
+        and sums stay fp32/double. Faster, about 1e-3 relative error (docs/numerics.md).
     """
     q, c = _check(q, c, temperature)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     pos = _positives(len(q), len(c), positives, group_size)
     if ids is not None:
         ids = np.asarray(ids)
@@ -108,20 +114,21 @@ def infonce(q, c, temperature: float = 0.02, positives=None, group_size: int | N
             raise ValueError(f"ids must be {len(c)} integers (one per candidate), got shape {ids.shape}")
     threads = _args.threads(num_threads)
     loss, dq, dc, dtau, rows = _core.infonce(q, c, pos, ids, float(temperature), grad=bool(return_grad),
-                                             num_threads=threads)
+                                             precision=precision, num_threads=threads)
     if not symmetric:
         return InfoNCEOutput(loss, rows, dq, dc, dtau)
-    return _symmetric(q, c, pos, ids, float(temperature), bool(return_grad), threads, (loss, dq, dc, dtau, rows))
+    return _symmetric(q, c, pos, ids, float(temperature), bool(return_grad), precision, threads,
+                      (loss, dq, dc, dtau, rows))
 
 
-def _symmetric(q, c, pos, ids, tau, grad, threads, forward):
+def _symmetric(q, c, pos, ids, tau, grad, precision, threads, forward):
     """(forward + the candidate->query term) / 2: the reverse term is InfoNCE of c[pos]
     against q with the diagonal as positives; its gradient for c[pos] scatters back to c."""
     loss, dq, dc, dtau, rows = forward
     back_ids = None if ids is None else np.asarray(ids)[pos]
     loss2, dp2, dq2, dtau2, rows2 = _core.infonce(np.ascontiguousarray(c[pos], dtype=np.float32), q,
                                                   np.arange(len(q), dtype=np.int64), back_ids, tau, grad=grad,
-                                                  num_threads=threads)
+                                                  precision=precision, num_threads=threads)
     out = InfoNCEOutput((loss + loss2) / 2, (rows + rows2) / 2)
     if grad:
         dc = dc.copy()
@@ -135,17 +142,18 @@ def _torch_function():
 
     class _InfoNCE(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, c, tau, pos, ids, symmetric):
+        def forward(ctx, q, c, tau, pos, ids, symmetric, precision):
             qn = q.detach().contiguous().numpy()  # zero-copy views of contiguous CPU float32 tensors
             cn = c.detach().contiguous().numpy()
-            out = infonce(qn, cn, float(tau), positives=pos, ids=ids, symmetric=symmetric, return_grad=True)
+            out = infonce(qn, cn, float(tau), positives=pos, ids=ids, symmetric=symmetric, return_grad=True,
+                          precision=precision)
             ctx.save_for_backward(torch.from_numpy(out.dq), torch.from_numpy(out.dc), torch.tensor(out.dtau))
             return q.new_tensor(out.loss)
 
         @staticmethod
         def backward(ctx, grad):
             dq, dc, dtau = ctx.saved_tensors
-            return grad * dq, grad * dc, (grad * dtau).to(torch.float32), None, None, None
+            return grad * dq, grad * dc, (grad * dtau).to(torch.float32), None, None, None, None
 
     return _InfoNCE
 
@@ -156,10 +164,13 @@ try:  # torch is optional: InfoNCELoss exists when it is installed
     class InfoNCELoss(_torch.nn.Module):
         """InfoNCE as a ``torch.nn.Module`` backed by the fused C kernel (CPU float32 tensors,
         zero-copy). ``learnable_temperature=True`` makes the temperature a parameter (its
-        gradient comes from the kernel)."""
+        gradient comes from the kernel); ``precision='bf16'`` runs the GEMMs in bf16."""
 
-        def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False):
+        def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False, precision: str = "fp32"):
             super().__init__()
+            if precision not in ("fp32", "bf16"):
+                raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            self.precision = precision
             t = _torch.tensor(float(temperature))
             if learnable_temperature:
                 self.temperature = _torch.nn.Parameter(t)
@@ -175,7 +186,7 @@ try:  # torch is optional: InfoNCELoss exists when it is installed
                 self._fn = _torch_function()
             pos = _positives(q.shape[0], c.shape[0], positives, group_size)
             ids = None if ids is None else np.asarray(ids, dtype=np.int64)
-            return self._fn.apply(q, c, self.temperature, pos, ids, bool(symmetric))
+            return self._fn.apply(q, c, self.temperature, pos, ids, bool(symmetric), self.precision)
 
 except ImportError:  # pragma: no cover
     pass

@@ -159,3 +159,18 @@ def test_bad_input():
         mp.loss.infonce(bad, c, group_size=2)
     with pytest.raises(ValueError, match="ids must be 8 integers"):
         mp.loss.infonce(q, c, group_size=2, ids=np.zeros(7, np.int64))
+
+
+def test_bf16_gemms():
+    """precision='bf16': bf16 products, fp32 accumulation. The loss and dtau stay within 1e-3
+    relative (measured 5e-6 - 9e-5); the gradients carry the operands' bf16 rounding (2^-9
+    relative per element): measured 3e-3 - 5.4e-3 of the gradient's largest entry, bounded here
+    by 1e-2 — short of the 1e-3 the issue asks of bf16 tiles (see docs/numerics.md)."""
+    for B, G, E, tau in ((256, 5, 512, 0.02), (300, 5, 64, 0.05)):
+        q, c = batch(B, B * G, E, seed=6)
+        out = mp.loss.infonce(q, c, tau, group_size=G, return_grad=True, precision="bf16")
+        loss, dq, dc, dtau = reference(q, c, tau, np.arange(B) * G)
+        assert abs(out.loss - loss) <= 1e-3 * abs(loss) and abs(out.dtau - dtau) <= 1e-3 * abs(dtau)
+        assert rel(out.dq, dq) <= 1e-2 and rel(out.dc, dc) <= 1e-2
+    with pytest.raises(ValueError, match="precision"):
+        mp.loss.infonce(q, c, group_size=G, precision="fp16")

@@ -62,17 +62,19 @@ enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const 
                                        const void *b, enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0,
                                        int64_t B1, int64_t M, int64_t N, int64_t K, enum mp_precision precision);
 
-// out += a @ b in fp32 for (M, K) by (K, N) operands given by (row, column) element strides
-// (transposes are swapped strides). Used by the loss to accumulate gradients block by block.
+// out += a @ b for (M, K) by (K, N) fp32 operands given by (row, column) element strides
+// (transposes are swapped strides), the products at `precision` (bf16: inputs rounded inside
+// the kernel), accumulation fp32. Used by the loss to accumulate gradients block by block.
 enum mp_status mp_matmul_strided_accumulate(float         *out, // (M, N) at out_strides
                                             const int64_t  out_strides[2],
                                             const float   *a, // (M, K) at a_strides
                                             const int64_t  a_strides[2],
                                             const float   *b, // (K, N) at b_strides
                                             const int64_t  b_strides[2],
-                                            int64_t        M,
-                                            int64_t        N,
-                                            int64_t        K);
+                                            int64_t           M,
+                                            int64_t           N,
+                                            int64_t           K,
+                                            enum mp_precision precision);
 
 /* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
  * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to

@@ -43,11 +43,13 @@ MP_CLONES static double row_forward_backward(float *s, float *e, int64_t N, int6
 
 enum mp_status mp_infonce(float *loss, float *dq, float *dc, float *dtau, const float *q, const float *c,
                           const int64_t *pos, const int64_t *ids, int64_t B, int64_t N, int64_t E, float tau,
-                          float *row_loss) {
+                          float *row_loss, enum mp_precision precision) {
     if (!loss || !q || !c || !pos || B <= 0 || N <= 0 || E <= 0)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "infonce: bad arguments (B=%lld N=%lld E=%lld)", (long long)B,
                         (long long)N, (long long)E);
     if (!(tau > 0.0f) || !isfinite(tau)) return mp_error(MP_STATUS_INVALID_ARGUMENT, "infonce: temperature must be > 0");
+    if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "infonce: unknown precision");
     for (int64_t i = 0; i < B; i++)
         if (pos[i] < 0 || pos[i] >= N)
             return mp_error(MP_STATUS_INVALID_ARGUMENT, "infonce: positive of row %lld is %lld, outside [0, %lld)",
@@ -65,7 +67,7 @@ enum mp_status mp_infonce(float *loss, float *dq, float *dc, float *dtau, const 
     if (dc) memset(dc, 0, (size_t)(N * E) * sizeof *dc);
     for (int64_t r0 = 0; r0 < B; r0 += R) {
         int64_t nr = B - r0 < R ? B - r0 : R;
-        if ((status = mp_matmul_nt(block, q + r0 * E, c, nr, N, E, MP_PRECISION_FP32))) goto done;
+        if ((status = mp_matmul_nt(block, q + r0 * E, c, nr, N, E, precision))) goto done;
         int failed = 0;
 #pragma omp parallel
         {
@@ -95,12 +97,13 @@ enum mp_status mp_infonce(float *loss, float *dq, float *dc, float *dtau, const 
         if (dq) {
             const int64_t out_s[4] = {nr * E, nr * E, E, 1}, a_s[4] = {nr * N, nr * N, N, 1},
                           b_s[4] = {N * E, N * E, E, 1};
-            if ((status = mp_matmul_strided(dq + r0 * E, out_s, block, a_s, c, b_s, 1, 1, nr, E, N, MP_PRECISION_FP32)))
+            if ((status = mp_matmul_strided(dq + r0 * E, out_s, block, a_s, c, b_s, 1, 1, nr, E, N, precision)))
                 goto done;
         }
         if (dc) {
             const int64_t out_s[2] = {E, 1}, a_s[2] = {1, N}, b_s[2] = {E, 1}; // a = block^T (N, nr)
-            if ((status = mp_matmul_strided_accumulate(dc, out_s, block, a_s, q + r0 * E, b_s, N, E, nr))) goto done;
+            if ((status = mp_matmul_strided_accumulate(dc, out_s, block, a_s, q + r0 * E, b_s, N, E, nr, precision)))
+                goto done;
         }
     }
     double total = 0.0, total_tau = 0.0;

@@ -9,13 +9,14 @@
  * the B x N score matrix. Extra memory: one MP_INFONCE_ROWS x N block plus O(B) floats.
  *
  *     float loss;
- *     mp_infonce(&loss, dq, dc, NULL, q, c, pos, NULL, B, N, E, 0.02f, NULL);
+ *     mp_infonce(&loss, dq, dc, NULL, q, c, pos, NULL, B, N, E, 0.02f, NULL, MP_PRECISION_FP32);
  */
 #ifndef MP_LOSS_INFONCE_H
 #define MP_LOSS_INFONCE_H
 
 #include <stdint.h>
 
+#include "core/onednn.h"
 #include "core/status.h"
 
 enum { MP_INFONCE_ROWS = 256 };
@@ -23,8 +24,9 @@ enum { MP_INFONCE_ROWS = 256 };
 // Computes the loss and, when dq / dc / dtau are not NULL, its gradients. pos[i] in [0, N) is
 // query i's positive. ids (N) may be NULL; otherwise candidate j != pos[i] with
 // ids[j] == ids[pos[i]] is left out of row i's denominator (a duplicate of the positive).
-// row_loss (B) may be NULL; it receives each row's term. All in fp32 with fp32 GEMMs;
-// log-sum-exp and the loss sum in double.
+// row_loss (B) may be NULL; it receives each row's term. The GEMMs run at `precision`
+// (MP_PRECISION_BF16: bf16 products, fp32 accumulation, the scores and their gradients
+// rounded to bf16 on the way in); softmax in fp32, log-sum-exp and the loss sum in double.
 enum mp_status mp_infonce(float         *loss,     // scalar: the mean over rows
                           float         *dq,       // (B, E) or NULL
                           float         *dc,       // (N, E) or NULL
@@ -37,6 +39,7 @@ enum mp_status mp_infonce(float         *loss,     // scalar: the mean over rows
                           int64_t        N,
                           int64_t        E,
                           float          tau,
-                          float         *row_loss); // (B) or NULL
+                          float         *row_loss,   // (B) or NULL
+                          enum mp_precision precision);
 
 #endif

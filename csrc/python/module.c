@@ -638,15 +638,20 @@ done:
 //         grad=True, num_threads=0) -> (loss, dq or None, dc or None, dtau or None, row_loss)
 static PyObject *py_infonce(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"q", "c", "positives", "ids", "temperature", "grad", "num_threads", NULL};
+    static char *kwlist[] = {"q", "c", "positives", "ids", "temperature", "grad", "precision", "num_threads", NULL};
     PyObject *q_obj, *c_obj, *pos_obj, *ids_obj, *result = NULL, *dq = NULL, *dc = NULL, *rows = NULL;
     double tau;
     int grad = 1, num_threads = 0;
+    const char *precision_name = "fp32";
     PyArrayObject *q = NULL, *c = NULL, *pos = NULL, *ids = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|$pi:infonce", kwlist, &q_obj, &c_obj, &pos_obj, &ids_obj,
-                                     &tau, &grad, &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOd|$psi:infonce", kwlist, &q_obj, &c_obj, &pos_obj, &ids_obj,
+                                     &tau, &grad, &precision_name, &num_threads))
         return NULL;
     if (check_threads(num_threads)) return NULL;
+    enum mp_precision precision;
+    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
+    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
+    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
     if (!(q = as_f32_array(q_obj, 2, "q")) || !(c = as_f32_array(c_obj, 2, "c"))) goto done;
     if (!(pos = (PyArrayObject *)PyArray_FROM_OTF(pos_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY))) goto done;
     if (ids_obj != Py_None && !(ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY)))
@@ -669,7 +674,7 @@ static PyObject *py_infonce(PyObject *self, PyObject *args, PyObject *kwargs) {
     float *rd = PyArray_DATA((PyArrayObject *)rows);
     Py_BEGIN_ALLOW_THREADS
     struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
-    status = mp_infonce(&loss, dqd, dcd, grad ? &dtau : NULL, qd, cd, pd, idd, B, N, E, (float)tau, rd);
+    status = mp_infonce(&loss, dqd, dcd, grad ? &dtau : NULL, qd, cd, pd, idd, B, N, E, (float)tau, rd, precision);
     mp_thread_scope_end(scope);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
@@ -1099,7 +1104,8 @@ static PyMethodDef core_methods[] = {
     {"preprocess", (PyCFunction)(void (*)(void))py_image_preprocess, METH_VARARGS | METH_KEYWORDS,
      "preprocess(items, resize, crop, mean, std, resample, max_pixels, fast, *, pass_order=1, num_threads=0)."},
     {"infonce", (PyCFunction)(void (*)(void))py_infonce, METH_VARARGS | METH_KEYWORDS,
-     "infonce(q, c, positives, ids, temperature, *, grad=True, num_threads=0) -> (loss, dq, dc, dtau, row_loss)."},
+     "infonce(q, c, positives, ids, temperature, *, grad=True, precision='fp32', num_threads=0) -> (loss, dq, dc, dtau, "
+     "row_loss)."},
     {"knn_search", (PyCFunction)(void (*)(void))py_knn_search, METH_VARARGS | METH_KEYWORDS,
      "knn_search(queries, corpus, k, lo=-inf, hi=inf, *, exclude_self=False, precision='bf16', exact=True, "
      "num_threads=0) -> (scores, indices, candidates)."},

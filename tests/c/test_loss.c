@@ -64,7 +64,7 @@ int main(void) {
         float loss, dtau;
         double want, want_tau;
         naive(&want, wq, wc, &want_tau, q, c, pos, ids, B, N, E, 0.1);
-        enum mp_status s = mp_infonce(&loss, dq, dc, &dtau, q, c, pos, ids, B, N, E, 0.1f, NULL);
+        enum mp_status s = mp_infonce(&loss, dq, dc, &dtau, q, c, pos, ids, B, N, E, 0.1f, NULL, MP_PRECISION_FP32);
         CHECK(s == MP_STATUS_OK && fabs(loss - want) <= 1e-5 * fabs(want) && max_rel(dq, wq, B * E) <= 1e-5 &&
                   max_rel(dc, wc, N * E) <= 1e-5 && fabs(dtau - want_tau) <= 1e-5 * fabs(want_tau),
               "case %zu (B=%lld N=%lld): status %d loss %g vs %g, dq %g, dc %g, dtau %g vs %g", k, (long long)B,
@@ -73,10 +73,10 @@ int main(void) {
     }
     float x[2] = {1, 2}, loss;
     int64_t bad = 3;
-    CHECK(mp_infonce(&loss, NULL, NULL, NULL, x, x, &bad, NULL, 1, 1, 2, 0.1f, NULL) == MP_STATUS_INVALID_ARGUMENT,
+    CHECK(mp_infonce(&loss, NULL, NULL, NULL, x, x, &bad, NULL, 1, 1, 2, 0.1f, NULL, MP_PRECISION_FP32) == MP_STATUS_INVALID_ARGUMENT,
           "a positive outside the candidates is refused");
     int64_t zero = 0;
-    CHECK(mp_infonce(&loss, NULL, NULL, NULL, x, x, &zero, NULL, 1, 1, 2, 0.0f, NULL) == MP_STATUS_INVALID_ARGUMENT,
+    CHECK(mp_infonce(&loss, NULL, NULL, NULL, x, x, &zero, NULL, 1, 1, 2, 0.0f, NULL, MP_PRECISION_FP32) == MP_STATUS_INVALID_ARGUMENT,
           "tau = 0 is refused");
     (void)check_close;
     return check_summary("test_loss");
