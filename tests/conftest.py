@@ -42,7 +42,8 @@ def load_open_clip_tokenizer():
     """open_clip's tokenizer.py alone: `import open_clip` needs a working torchvision."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None:
-        pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+        pytest.fail("open_clip_torch is not installed: the reference tokenizer comes from it "
+                    "(make test installs it; by hand: pip install --no-deps open_clip_torch)")
     folder = Path(spec.submodule_search_locations[0])
     module_spec = importlib.util.spec_from_file_location("_megapairs_test_open_clip_tokenizer", folder / "tokenizer.py")
     module = importlib.util.module_from_spec(module_spec)
