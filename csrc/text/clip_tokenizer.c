@@ -384,7 +384,6 @@ static int64_t run_length(const char *text, int64_t n, uint8_t flag) {
     return i;
 }
 
-enum { ENCODE_OK = 0, ENCODE_BAD_UTF8, ENCODE_NO_MEMORY };
 
 // Appends the ids of one word to out[*count ..], stopping at `limit`.
 static int emit_word(const struct mp_clip_bpe *bpe, struct worker *w, const char *word, int64_t n, int64_t *out,
@@ -398,13 +397,13 @@ static int emit_word(const struct mp_clip_bpe *bpe, struct worker *w, const char
     }
     if (!ids) {
         int64_t m = bpe_word_heap(bpe, w, (const unsigned char *)word, n);
-        if (m < 0) return ENCODE_NO_MEMORY;
+        if (m < 0) return MP_ENCODE_NO_MEMORY;
         if (n <= CACHE_MAX_WORD) cache_put(w, word, n, hash, w->word_ids, m);
         ids = w->word_ids;
         k = (int32_t)m;
     }
     for (int32_t i = 0; i < k && *count < limit; i++) out[(*count)++] = ids[i];
-    return ENCODE_OK;
+    return MP_ENCODE_OK;
 }
 
 // matches open_clip SimpleTokenizer.encode() on cleaned text: re.findall with the pattern
@@ -418,7 +417,7 @@ static int encode_text(const struct mp_clip_bpe *bpe, struct worker *w, int64_t 
     int64_t bad = mp_utf8_validate(text, size);
     if (bad < size) {
         *bad_byte = bad;
-        return ENCODE_BAD_UTF8;
+        return MP_ENCODE_BAD_UTF8;
     }
     int64_t i = 0;
     while (i < size && *count < limit) {
@@ -448,11 +447,11 @@ static int encode_text(const struct mp_clip_bpe *bpe, struct worker *w, int64_t 
             i += len;
             continue;
         }
-        if (emit_word(bpe, w, p, m, out, count, limit)) return ENCODE_NO_MEMORY;
+        if (emit_word(bpe, w, p, m, out, count, limit)) return MP_ENCODE_NO_MEMORY;
         i += m;
     next:;
     }
-    return ENCODE_OK;
+    return MP_ENCODE_OK;
 }
 
 /* ---------------------------------------------------------------- public encode */
@@ -476,11 +475,8 @@ enum mp_status mp_clip_bpe_encode(struct mp_clip_bpe *bpe, int64_t *ids, int64_t
     enum mp_status status = ensure_workers(bpe, 1);
     if (status != MP_STATUS_OK) return status;
     int64_t bad = 0;
-    switch (encode_text(bpe, &bpe->workers[0], ids, count, size, text, size, &bad)) {
-    case ENCODE_BAD_UTF8: return mp_error(MP_STATUS_INVALID_ARGUMENT, "text is not valid UTF-8 at byte %lld", (long long)bad);
-    case ENCODE_NO_MEMORY: return mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding a text");
-    default: return MP_STATUS_OK;
-    }
+    int result = encode_text(bpe, &bpe->workers[0], ids, count, size, text, size, &bad);
+    return mp_encode_status(result, -1, bad);
 }
 
 enum mp_status mp_clip_bpe_encode_batch(struct mp_clip_bpe *bpe, int64_t *ids, const char *const *texts,
@@ -495,7 +491,7 @@ enum mp_status mp_clip_bpe_encode_batch(struct mp_clip_bpe *bpe, int64_t *ids, c
     if (status != MP_STATUS_OK) return status;
     // The first failing text (lowest index) is reported after the region, on this thread.
     int64_t failed = N, failed_byte = 0;
-    int failure = ENCODE_OK;
+    int failure = MP_ENCODE_OK;
     #pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (n_threads > 1)
     for (int64_t i = 0; i < N; i++) {
         int thread = 0;
@@ -503,9 +499,9 @@ enum mp_status mp_clip_bpe_encode_batch(struct mp_clip_bpe *bpe, int64_t *ids, c
         thread = omp_get_thread_num();
 #endif
         int64_t *row = ids + i * T, count = 0, bad = 0;
-        int rc = ENCODE_OK;
+        int rc = MP_ENCODE_OK;
         if (sizes[i] < 0) {
-            rc = ENCODE_BAD_UTF8;
+            rc = MP_ENCODE_BAD_UTF8;
             bad = -1;
         } else {
             rc = encode_text(bpe, &bpe->workers[thread], row + 1, &count, T - 2, texts[i], sizes[i], &bad);
@@ -513,7 +509,7 @@ enum mp_status mp_clip_bpe_encode_batch(struct mp_clip_bpe *bpe, int64_t *ids, c
         row[0] = bpe->specials[0].id;
         row[count + 1] = bpe->specials[1].id;
         for (int64_t t = count + 2; t < T; t++) row[t] = 0;
-        if (rc != ENCODE_OK) {
+        if (rc != MP_ENCODE_OK) {
             #pragma omp critical(mp_clip_bpe_failure)
             if (i < failed) {
                 failed = i;
@@ -522,13 +518,7 @@ enum mp_status mp_clip_bpe_encode_batch(struct mp_clip_bpe *bpe, int64_t *ids, c
             }
         }
     }
-    if (failure == ENCODE_NO_MEMORY) return mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding text %lld", (long long)failed);
-    if (failure == ENCODE_BAD_UTF8 && failed_byte < 0)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld has a negative size", (long long)failed);
-    if (failure == ENCODE_BAD_UTF8)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld is not valid UTF-8 at byte %lld", (long long)failed,
-                        (long long)failed_byte);
-    return MP_STATUS_OK;
+    return mp_encode_status(failure, failed, failed_byte);
 }
 
 enum mp_status mp_clip_bpe_decode(const struct mp_clip_bpe *bpe, char *out, int64_t capacity, int64_t *size,

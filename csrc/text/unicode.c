@@ -79,3 +79,14 @@ int mp_utf8_encode(char *out, uint32_t cp) {
     u[3] = (unsigned char)(0x80 | (cp & 0x3f));
     return 4;
 }
+
+enum mp_status mp_encode_status(int result, int64_t text, int64_t bad) {
+    if (result == MP_ENCODE_NO_MEMORY)
+        return text < 0 ? mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding a text")
+                        : mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding text %lld", (long long)text);
+    if (result != MP_ENCODE_BAD_UTF8) return MP_STATUS_OK;
+    if (text < 0) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text is not valid UTF-8 at byte %lld", (long long)bad);
+    if (bad < 0) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld has a negative size", (long long)text);
+    return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld is not valid UTF-8 at byte %lld", (long long)text,
+                    (long long)bad);
+}

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "core/status.h"
+
 enum mp_unicode_flag {
     MP_UNICODE_CLIP_LETTER  = 1 << 0, // regex `[\p{L}]` with IGNORECASE
     MP_UNICODE_CLIP_NUMBER  = 1 << 1, // regex `[\p{N}]` with IGNORECASE
@@ -59,5 +61,11 @@ int64_t mp_utf8_validate(const char *s, int64_t n);
 
 // Writes the UTF-8 form of `cp` (< 0x110000, not a surrogate) to out[0 .. 4); returns its length.
 int mp_utf8_encode(char *out, uint32_t cp);
+
+// What encoding one text can end in, shared by the tokenizers, and the status each maps to:
+// `bad` is the offending byte offset (negative: the text's size was negative); `text` is the
+// batch index, or -1 for a single text.
+enum { MP_ENCODE_OK = 0, MP_ENCODE_BAD_UTF8, MP_ENCODE_NO_MEMORY };
+enum mp_status mp_encode_status(int result, int64_t text, int64_t bad);
 
 #endif

@@ -184,7 +184,6 @@ static const struct special *match_special(const struct mp_wordpiece *wp, const 
     return best;
 }
 
-enum { ENCODE_OK = 0, ENCODE_BAD_UTF8, ENCODE_NO_MEMORY };
 
 // matches tokenizers' BertNormalizer (clean_text, handle_chinese_chars, the deletion step
 // of strip_accents, the ASCII part of lowercase) + BertPreTokenizer + WordPiece, after the
@@ -195,15 +194,15 @@ static int encode_text(const struct mp_wordpiece *wp, int64_t *ids, int64_t *cou
     int64_t bad = mp_utf8_validate(text, size);
     if (bad < size) {
         *bad_byte = bad;
-        return ENCODE_BAD_UTF8;
+        return MP_ENCODE_BAD_UTF8;
     }
-    if (limit <= 0) return ENCODE_OK;
+    if (limit <= 0) return MP_ENCODE_OK;
     // Bytes of the current word, kept while it has at most max_chars characters (longer
     // words are unknown whatever they hold).
     char stack[512];
     int64_t word_capacity = 4 * wp->max_chars + 4;
     char *word = word_capacity <= (int64_t)sizeof stack ? stack : malloc((size_t)word_capacity);
-    if (!word) return ENCODE_NO_MEMORY;
+    if (!word) return MP_ENCODE_NO_MEMORY;
     int64_t n = 0, chars = 0, i = 0;
     int full = 0;
 #define END_WORD()                                                                    \
@@ -248,7 +247,7 @@ static int encode_text(const struct mp_wordpiece *wp, int64_t *ids, int64_t *cou
     if (!full) END_WORD();
 #undef END_WORD
     if (word != stack) free(word);
-    return ENCODE_OK;
+    return MP_ENCODE_OK;
 }
 
 enum mp_status mp_wordpiece_encode(const struct mp_wordpiece *wp, int64_t *ids, int64_t *count, const char *text,
@@ -258,11 +257,8 @@ enum mp_status mp_wordpiece_encode(const struct mp_wordpiece *wp, int64_t *ids, 
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "size and limit must be >= 0, got %lld and %lld", (long long)size,
                         (long long)limit);
     int64_t bad = 0;
-    switch (encode_text(wp, ids, count, limit, text, size, &bad)) {
-    case ENCODE_BAD_UTF8: return mp_error(MP_STATUS_INVALID_ARGUMENT, "text is not valid UTF-8 at byte %lld", (long long)bad);
-    case ENCODE_NO_MEMORY: return mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding a text");
-    default: return MP_STATUS_OK;
-    }
+    int result = encode_text(wp, ids, count, limit, text, size, &bad);
+    return mp_encode_status(result, -1, bad);
 }
 
 enum mp_status mp_wordpiece_encode_batch(const struct mp_wordpiece *wp, int64_t *ids, int64_t *lengths,
@@ -272,12 +268,12 @@ enum mp_status mp_wordpiece_encode_batch(const struct mp_wordpiece *wp, int64_t 
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "max_length must be >= 2 ([CLS] and [SEP]), got %lld",
                         (long long)max_length);
     int64_t failed = N, failed_byte = 0;
-    int failure = ENCODE_OK;
+    int failure = MP_ENCODE_OK;
     #pragma omp parallel for schedule(dynamic, 16) if (N >= PARALLEL_MIN_TEXTS)
     for (int64_t i = 0; i < N; i++) {
         int64_t *row = ids + offsets[i], count = 0, bad = -1;
         int64_t capacity = sizes[i] < 0 ? 0 : mp_wordpiece_capacity(sizes[i], max_length);
-        int rc = sizes[i] < 0 ? ENCODE_BAD_UTF8 : encode_text(wp, row + 1, &count, capacity - 2, texts[i], sizes[i], &bad);
+        int rc = sizes[i] < 0 ? MP_ENCODE_BAD_UTF8 : encode_text(wp, row + 1, &count, capacity - 2, texts[i], sizes[i], &bad);
         if (capacity >= 2) {
             row[0] = wp->cls;
             row[count + 1] = wp->sep;
@@ -285,7 +281,7 @@ enum mp_status mp_wordpiece_encode_batch(const struct mp_wordpiece *wp, int64_t 
         } else {
             lengths[i] = 0;
         }
-        if (rc != ENCODE_OK) {
+        if (rc != MP_ENCODE_OK) {
             #pragma omp critical(mp_wordpiece_failure)
             if (i < failed) {
                 failed = i;
@@ -294,11 +290,5 @@ enum mp_status mp_wordpiece_encode_batch(const struct mp_wordpiece *wp, int64_t 
             }
         }
     }
-    if (failure == ENCODE_NO_MEMORY) return mp_error(MP_STATUS_OUT_OF_MEMORY, "out of memory while encoding text %lld", (long long)failed);
-    if (failure == ENCODE_BAD_UTF8 && failed_byte < 0)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld has a negative size", (long long)failed);
-    if (failure == ENCODE_BAD_UTF8)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text %lld is not valid UTF-8 at byte %lld", (long long)failed,
-                        (long long)failed_byte);
-    return MP_STATUS_OK;
+    return mp_encode_status(failure, failed, failed_byte);
 }
