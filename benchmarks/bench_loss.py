@@ -1,11 +1,13 @@
-"""InfoNCE forward + backward: megapairs.loss.infonce (fused, 256-row blocks, fp32) against
-PyTorch eager (logits = q @ c.T / tau, cross_entropy, backward) in float32.
+"""InfoNCE forward + backward: megapairs.loss.infonce (fused, 256-row blocks; fp32, and bf16
+GEMMs) against PyTorch eager (logits = q @ c.T / tau, cross_entropy, backward) in float32.
 
 B queries x (1 positive + 4 hard negatives), group layout, tau = 0.02, same threads. Each
 measurement runs in a fresh subprocess so the peak-memory figure (ru_maxrss after the run minus
 ru_maxrss once the inputs exist, minus the dq and dc both return) is that method's own extra
 memory.
-Run: make bench   or   .venv/bin/python benchmarks/bench_loss.py [--batches 1024 4096 16384] [--dims 512 768]
+The bf16 columns also give the relative error of its gradients against the fp32 kernel's
+(norm-wise ||d - d_fp32|| / ||d_fp32||, and the largest entry error over the largest entry).
+Run: make bench   or   .venv/bin/python benchmarks/bench_loss.py [--batches 1024 4096 16384 65536] [--dims 512 768]
 """
 
 import argparse
@@ -25,8 +27,11 @@ c = rng.standard_normal((B * G, E), dtype=np.float32); c /= np.linalg.norm(c, ax
 import torch
 torch.set_num_threads(threads)
 import megapairs as mp
+precision = "bf16" if method == "bf16" else "fp32"
 def ours():
-    return mp.loss.infonce(q, c, 0.02, group_size=G, return_grad=True, num_threads=threads).loss
+    global out
+    out = mp.loss.infonce(q, c, 0.02, group_size=G, return_grad=True, precision=precision, num_threads=threads)
+    return out.loss
 tq, tc = torch.from_numpy(q), torch.from_numpy(c)
 target = torch.arange(B) * G
 def theirs():
@@ -34,7 +39,7 @@ def theirs():
     loss = torch.nn.functional.cross_entropy(a @ b.T / 0.02, target)
     loss.backward()
     return loss.item()
-fn = ours if method == "megapairs" else theirs
+fn = theirs if method == "torch" else ours
 small = (np.random.default_rng(1).standard_normal((8, E), dtype=np.float32),)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter(); loss = fn(); first = time.perf_counter() - t0
@@ -44,7 +49,14 @@ if first < 20:
     for _ in range(2):
         t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
 grads_mb = (B + B * G) * E * 4 / 2**20  # dq and dc: outputs of both methods, not extra
-print(json.dumps({"seconds": min(times), "extra_mb": (peak - base) / 1024 - grads_mb, "loss": loss}))
+result = {"seconds": min(times), "extra_mb": (peak - base) / 1024 - grads_mb, "loss": loss}
+if method == "bf16" and B <= 16384:  # gradient error against the fp32 kernel
+    ref = mp.loss.infonce(q, c, 0.02, group_size=G, return_grad=True, num_threads=threads)
+    result["err"] = max(float(np.linalg.norm(out.dq - ref.dq) / np.linalg.norm(ref.dq)),
+                        float(np.linalg.norm(out.dc - ref.dc) / np.linalg.norm(ref.dc)))
+    result["err_max"] = max(float(np.abs(out.dq - ref.dq).max() / np.abs(ref.dq).max()),
+                            float(np.abs(out.dc - ref.dc).max() / np.abs(ref.dc).max()))
+print(json.dumps(result))
 """
 
 
@@ -63,24 +75,26 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--torch-max", type=int, default=16384, help="largest B for the PyTorch column")
     args = parser.parse_args()
-    print(f"{args.threads} threads; B queries x 5 candidates; forward + backward; fp32")
-    print("| B | E | megapairs s | PyTorch s | speed-up | megapairs extra MB | PyTorch extra MB | memory share | "
-          "loss rel. diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"{args.threads} threads; B queries x 5 candidates; forward + backward; extra memory in MB")
+    print("| B | E | PyTorch fp32 s | megapairs fp32 s | speed-up | megapairs bf16 s | speed-up | "
+          "PyTorch MB | fp32 MB | share | bf16 MB | share | fp32 loss diff | bf16 grad error (norm / max) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cell = lambda r, key, fmt: "failed" if r is None else format(r[key], fmt)
     for B in args.batches:
         for E in args.dims:
-            ours = run("megapairs", B, E, args.threads)
             theirs = run("torch", B, E, args.threads) if B <= args.torch_max else None
-            if ours is None:
-                print(f"| {B} | {E} | failed | | | | | | |")
-                continue
-            if theirs is None:
-                print(f"| {B} | {E} | {ours['seconds']:.2f} | — | — | {ours['extra_mb']:.0f} | — | — | — |", flush=True)
-                continue
-            diff = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
-            print(f"| {B} | {E} | {ours['seconds']:.2f} | {theirs['seconds']:.2f} | "
-                  f"{theirs['seconds'] / ours['seconds']:.2f}x | {ours['extra_mb']:.0f} | {theirs['extra_mb']:.0f} | "
-                  f"{ours['extra_mb'] / max(theirs['extra_mb'], 1e-9):.1%} | {diff:.1e} |", flush=True)
+            ours = run("megapairs", B, E, args.threads)
+            bf16 = run("bf16", B, E, args.threads)
+            t = theirs["seconds"] if theirs else None
+            speed = lambda r: "—" if t is None or r is None else f"{t / r['seconds']:.2f}x"
+            share = lambda r: "—" if theirs is None or r is None else f"{r['extra_mb'] / max(theirs['extra_mb'], 1e-9):.1%}"
+            diff = "—" if theirs is None or ours is None else \
+                f"{abs(ours['loss'] - theirs['loss']) / abs(theirs['loss']):.1e}"
+            err = "—" if bf16 is None or "err" not in bf16 else f"{bf16['err']:.1e} / {bf16['err_max']:.1e}"
+            print(f"| {B} | {E} | {cell(theirs, 'seconds', '.2f') if theirs else '—'} | {cell(ours, 'seconds', '.2f')} | "
+                  f"{speed(ours)} | {cell(bf16, 'seconds', '.2f')} | {speed(bf16)} | "
+                  f"{cell(theirs, 'extra_mb', '.0f') if theirs else '—'} | {cell(ours, 'extra_mb', '.0f')} | {share(ours)} | "
+                  f"{cell(bf16, 'extra_mb', '.0f')} | {share(bf16)} | {diff} | {err} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,9 @@ def _symmetric(q, c, pos, ids, tau, grad, precision, threads, forward):
     return out
 
 
-def _torch_function():
+def _torch_classes():
+    """Build the torch autograd.Function and nn.Module on first use: importing megapairs must not
+    import torch (seconds of start-up, and a second OpenMP runtime)."""
     import torch
 
     class _InfoNCE(torch.autograd.Function):
@@ -145,9 +147,11 @@ def _torch_function():
         def forward(ctx, q, c, tau, pos, ids, symmetric, precision):
             qn = q.detach().contiguous().numpy()  # zero-copy views of contiguous CPU float32 tensors
             cn = c.detach().contiguous().numpy()
-            out = infonce(qn, cn, float(tau), positives=pos, ids=ids, symmetric=symmetric, return_grad=True,
+            grad = any(ctx.needs_input_grad[:3])
+            out = infonce(qn, cn, float(tau), positives=pos, ids=ids, symmetric=symmetric, return_grad=grad,
                           precision=precision)
-            ctx.save_for_backward(torch.from_numpy(out.dq), torch.from_numpy(out.dc), torch.tensor(out.dtau))
+            if grad:
+                ctx.save_for_backward(torch.from_numpy(out.dq), torch.from_numpy(out.dc), torch.tensor(out.dtau))
             return q.new_tensor(out.loss)
 
         @staticmethod
@@ -155,38 +159,47 @@ def _torch_function():
             dq, dc, dtau = ctx.saved_tensors
             return grad * dq, grad * dc, (grad * dtau).to(torch.float32), None, None, None, None
 
-    return _InfoNCE
-
-
-try:  # torch is optional: InfoNCELoss exists when it is installed
-    import torch as _torch
-
-    class InfoNCELoss(_torch.nn.Module):
+    class InfoNCELoss(torch.nn.Module):
         """InfoNCE as a ``torch.nn.Module`` backed by the fused C kernel (CPU float32 tensors,
         zero-copy). ``learnable_temperature=True`` makes the temperature a parameter (its
-        gradient comes from the kernel); ``precision='bf16'`` runs the GEMMs in bf16."""
+        gradient comes from the kernel); ``precision='bf16'`` runs the GEMMs in bf16.
+
+        ``forward(q, c, positives=None, group_size=None, ids=None, symmetric=False)`` takes the
+        arguments of :func:`infonce` and returns the scalar loss."""
 
         def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False, precision: str = "fp32"):
             super().__init__()
             if precision not in ("fp32", "bf16"):
                 raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            if not float(temperature) > 0:
+                raise ValueError(f"temperature must be > 0, got {temperature!r}")
             self.precision = precision
-            t = _torch.tensor(float(temperature))
+            t = torch.tensor(float(temperature))
             if learnable_temperature:
-                self.temperature = _torch.nn.Parameter(t)
+                self.temperature = torch.nn.Parameter(t)
             else:
                 self.register_buffer("temperature", t)
-            self._fn = None
 
         def forward(self, q, c, positives=None, group_size=None, ids=None, symmetric: bool = False):
             for name, t in (("q", q), ("c", c)):
-                if t.device.type != "cpu" or t.dtype != _torch.float32:
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+                if t.device.type != "cpu" or t.dtype != torch.float32:
                     raise ValueError(f"{name} must be a CPU float32 tensor, got {t.dtype} on {t.device}")
-            if self._fn is None:
-                self._fn = _torch_function()
             pos = _positives(q.shape[0], c.shape[0], positives, group_size)
             ids = None if ids is None else np.asarray(ids, dtype=np.int64)
-            return self._fn.apply(q, c, self.temperature, pos, ids, bool(symmetric), self.precision)
+            return _InfoNCE.apply(q, c, self.temperature, pos, ids, bool(symmetric), self.precision)
 
-except ImportError:  # pragma: no cover
-    pass
+    InfoNCELoss.__module__ = __name__
+    return InfoNCELoss
+
+
+def __getattr__(name: str):
+    if name == "InfoNCELoss":  # needs torch; created on first access
+        try:
+            cls = _torch_classes()
+        except ImportError as e:
+            raise AttributeError("megapairs.loss.InfoNCELoss needs PyTorch (pip install torch)") from e
+        globals()["InfoNCELoss"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

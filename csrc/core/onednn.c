@@ -107,6 +107,15 @@ enum mp_status mp_matmul_strided_accumulate(float *out, const int64_t out_stride
     return matmul(out, MP_DTYPE_F32, os, a, MP_DTYPE_F32, as, b, MP_DTYPE_F32, bs, 1, 1, M, N, K, precision, 1);
 }
 
+enum mp_status mp_matmul_accumulate_typed(float *out, const int64_t out_strides[2], const void *a,
+                                          enum mp_dtype a_type, const int64_t a_strides[2], const void *b,
+                                          enum mp_dtype b_type, const int64_t b_strides[2], int64_t M, int64_t N,
+                                          int64_t K, enum mp_precision precision) {
+    const int64_t os[4] = {M * N, M * N, out_strides[0], out_strides[1]},
+                  as[4] = {M * K, M * K, a_strides[0], a_strides[1]}, bs[4] = {K * N, K * N, b_strides[0], b_strides[1]};
+    return matmul(out, MP_DTYPE_F32, os, a, a_type, as, b, b_type, bs, 1, 1, M, N, K, precision, 1);
+}
+
 static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
                              enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
                              const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
@@ -230,6 +239,7 @@ struct mp_linear {
     enum mp_precision precision;
     enum mp_activation_op activation;
     int accumulate;
+    int weight_kn;           // weight stored (K, N) instead of (N, K)
     const float *weight;     // (N, K), the caller's, packed from on (re)planning
     dnnl_memory_t bias_mem;  // (1, N) f32 over the caller's bias, or NULL
     const float *bias;
@@ -289,6 +299,13 @@ enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const
     return MP_STATUS_OK;
 }
 
+enum mp_status mp_linear_init_kn(struct mp_linear **out, const float *weight, int64_t N, int64_t K,
+                                 enum mp_precision precision) {
+    enum mp_status status = mp_linear_init(out, weight, NULL, N, K, precision, MP_OP_NONE, 0);
+    if (status == MP_STATUS_OK) (*out)->weight_kn = 1;
+    return status;
+}
+
 // (Re)plans for an output type: primitive, and weights packed in the layout it asks for.
 static enum mp_status linear_plan(struct mp_linear *l, enum mp_dtype out_type) {
     l->planned = 0; // until this plan is complete
@@ -311,6 +328,7 @@ static enum mp_status linear_plan(struct mp_linear *l, enum mp_dtype out_type) {
     dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, l->K}, wei_dims = {l->K, l->N};
     dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, l->N}, bias_dims = {1, l->N};
     dnnl_dims_t user_strides = {1, l->K}; // W (N, K) row-major seen as (K, N)
+    if (l->weight_kn) user_strides[0] = l->N, user_strides[1] = 1;
     if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
     if ((s = dnnl_memory_desc_create_with_tag(&wei_any, 2, wei_dims, in_type, dnnl_format_tag_any)) != dnnl_success)
         goto done;

@@ -76,6 +76,20 @@ enum mp_status mp_matmul_strided_accumulate(float         *out, // (M, N) at out
                                             int64_t           K,
                                             enum mp_precision precision);
 
+// mp_matmul_strided_accumulate with typed operands (F32 or BF16; BF16 needs MP_PRECISION_BF16).
+enum mp_status mp_matmul_accumulate_typed(float            *out, // (M, N) at out_strides
+                                          const int64_t     out_strides[2],
+                                          const void       *a, // (M, K) at a_strides
+                                          enum mp_dtype     a_type,
+                                          const int64_t     a_strides[2],
+                                          const void       *b, // (K, N) at b_strides
+                                          enum mp_dtype     b_type,
+                                          const int64_t     b_strides[2],
+                                          int64_t           M,
+                                          int64_t           N,
+                                          int64_t           K,
+                                          enum mp_precision precision);
+
 /* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
  * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to
  * bf16 per call and accumulation stays fp32). One primitive, with M a run-time dimension,
@@ -94,6 +108,14 @@ enum mp_status mp_linear_init(struct mp_linear    **linear,
                               enum mp_precision     precision,
                               enum mp_activation_op activation,
                               int                   accumulate); // out += x @ W^T + b
+
+// A linear layer whose weight is stored the other way round, (K, N) row-major: out = x @ W.
+// No bias, activation or accumulation. (The loss multiplies by the candidates both ways.)
+enum mp_status mp_linear_init_kn(struct mp_linear **linear,
+                                 const float       *weight, // (K, N)
+                                 int64_t            N,
+                                 int64_t            K,
+                                 enum mp_precision  precision);
 
 enum mp_status mp_linear_forward(struct mp_linear *linear,
                                  float            *out, // (M, N)

@@ -1,6 +1,7 @@
 #include "nn/layers.h"
 
 #include "core/simd.h"
+#include "core/bf16.h"
 #include "core/vexp.h"
 
 #include <math.h>
@@ -15,23 +16,6 @@ static inline void sigmoid16(float *dst, const float *z, float a) {
     exp_nonpositive16(e, e);
 #pragma omp simd
     for (int i = 0; i < EXP_BLOCK; i++) dst[i] = (a * z[i] >= 0.0f ? 1.0f : e[i]) / (1.0f + e[i]);
-}
-
-// Rounds n floats to bf16 (nearest even, NaN kept quiet), as mp_dtype_convert does, in
-// blocks whose bits are copied out whole so the integer arithmetic vectorises.
-static void round_bf16(uint16_t *dst, const float *src, int64_t n) {
-    uint32_t bits[EXP_BLOCK] = {0}; // a partial last block computes on defined lanes
-    for (int64_t j = 0; j < n; j += EXP_BLOCK) {
-        int m = n - j < EXP_BLOCK ? (int)(n - j) : EXP_BLOCK;
-        memcpy(bits, src + j, (size_t)m * sizeof *bits);
-#pragma omp simd
-        for (int i = 0; i < EXP_BLOCK; i++) {
-            uint32_t b = bits[i];
-            int nan = (b & 0x7fffffffu) > 0x7f800000u;
-            bits[i] = nan ? (b >> 16) | 0x40u : (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-        }
-        for (int i = 0; i < m; i++) dst[j + i] = (uint16_t)bits[i];
-    }
 }
 
 static inline void layernorm_row(float *y, const float *x, const float *weight, const float *bias, int64_t D,

@@ -71,6 +71,31 @@ int main(void) {
               (long long)N, (int)s, loss, want, max_rel(dq, wq, B * E), max_rel(dc, wc, N * E), dtau, want_tau);
         free(q), free(c), free(dq), free(dc), free(wq), free(wc), free(pos), free(ids);
     }
+    { // bf16 GEMMs (packed candidates, bf16 probabilities): close to the double reference, with
+      // the positive's term exact; bounds from bf16 rounding (2^-9) of scores / tau and operands
+        int64_t B = 300, N = 900, E = 64;
+        unsigned seed2 = 4;
+        float *q = malloc((size_t)(B * E) * sizeof *q), *c = malloc((size_t)(N * E) * sizeof *c);
+        float *dq = malloc((size_t)(B * E) * sizeof *dq), *dc = malloc((size_t)(N * E) * sizeof *dc);
+        double *wq = malloc((size_t)(B * E) * sizeof *wq), *wc = malloc((size_t)(N * E) * sizeof *wc);
+        int64_t *pos = malloc((size_t)B * sizeof *pos), *ids = malloc((size_t)N * sizeof *ids);
+        for (int64_t i = 0; i < B * E; i++) q[i] = ((float)rand_r(&seed2) / RAND_MAX - 0.5f) * 0.25f;
+        for (int64_t i = 0; i < N * E; i++) c[i] = ((float)rand_r(&seed2) / RAND_MAX - 0.5f) * 0.25f;
+        for (int64_t i = 0; i < B; i++) pos[i] = rand_r(&seed2) % N;
+        for (int64_t j = 0; j < N; j++) ids[j] = rand_r(&seed2) % 50;
+        float loss, dtau, rows[300];
+        double want, want_tau;
+        naive(&want, wq, wc, &want_tau, q, c, pos, ids, B, N, E, 0.05);
+        enum mp_status s = mp_infonce(&loss, dq, dc, &dtau, q, c, pos, ids, B, N, E, 0.05f, rows, MP_PRECISION_BF16);
+        CHECK(s == MP_STATUS_OK && fabs(loss - want) <= 1e-3 * fabs(want) && max_rel(dq, wq, B * E) <= 1e-2 &&
+                  max_rel(dc, wc, N * E) <= 1e-2 && fabs(dtau - want_tau) <= 1e-3 * fabs(want_tau),
+              "bf16: status %d loss %g vs %g, dq %g, dc %g, dtau %g vs %g", (int)s, loss, want, max_rel(dq, wq, B * E),
+              max_rel(dc, wc, N * E), dtau, want_tau);
+        s = mp_infonce(&loss, NULL, NULL, NULL, q, c, pos, ids, B, N, E, 0.05f, NULL, MP_PRECISION_BF16);
+        CHECK(s == MP_STATUS_OK && fabs(loss - want) <= 1e-3 * fabs(want), "bf16 forward only: loss %g vs %g", loss,
+              want);
+        free(q), free(c), free(dq), free(dc), free(wq), free(wc), free(pos), free(ids);
+    }
     float x[2] = {1, 2}, loss;
     int64_t bad = 3;
     CHECK(mp_infonce(&loss, NULL, NULL, NULL, x, x, &bad, NULL, 1, 1, 2, 0.1f, NULL, MP_PRECISION_FP32) == MP_STATUS_INVALID_ARGUMENT,
