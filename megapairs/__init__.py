@@ -12,7 +12,7 @@ from ._loader import load_core as _load_core
 
 _core = _load_core()
 
-from . import images, knn, loss, mining, text, training, weights  # noqa: E402
+from . import annotate, dataset, evaluation, images, knn, loss, mining, text, training, weights  # noqa: E402
 from .encoders import CLIP, DINOv2, SentenceEncoder  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
@@ -27,6 +27,9 @@ __all__ = [
     "FormatError",
     "SentenceEncoder",
     "__version__",
+    "annotate",
+    "dataset",
+    "evaluation",
     "get_num_threads",
     "images",
     "knn",
