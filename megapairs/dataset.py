@@ -43,6 +43,7 @@ import pyarrow as pa
 
 __all__ = [
     "FIELDS",
+    "MAX_MEMBER_BYTES",
     "InstructionSampler",
     "ShardReader",
     "ShardWriteResult",
@@ -75,6 +76,8 @@ SCHEMA = pa.schema([
     ("hns", pa.list_(pa.string())),
 ])
 METADATA_KEY = b"megapairs.dataset"
+#: Largest tar member :func:`iter_shard` and :class:`ShardReader` accept (an image, not a bomb).
+MAX_MEMBER_BYTES = 256 << 20
 
 PathLike = str | os.PathLike
 ImageSource = PathLike | Callable[[str], bytes] | Mapping
@@ -503,31 +506,36 @@ def write_shards(keys: Iterable[str], images: ImageSource, out_dir: PathLike, *,
     return result
 
 
-def _members(tar: tarfile.TarFile, where: str) -> Iterator[tuple[tarfile.TarInfo, str]]:
+def _members(tar: tarfile.TarFile, where: str, max_size: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
     for info in tar:
         name = check_member_name(info.name, where)
         if info.isdir():
             continue
         if not info.isfile():
             raise ValueError(f"{where}: member {info.name!r} is not a regular file (link or device)")
+        if info.issparse():  # its stored bytes are not its content (ShardReader would read garbage)
+            raise ValueError(f"{where}: member {info.name!r} is a sparse file")
+        if info.size > max_size:
+            raise ValueError(f"{where}: member {info.name!r} has {info.size} bytes, more than {max_size}")
         yield info, name
 
 
-def iter_shard(path: PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Samples of one WebDataset tar: ``(key, {extension: bytes})``, members grouped by key
     in file order.
 
     Raises
     ------
     ValueError
-        Naming the shard, for an unsafe member path (absolute, ``..``), a link or device
-        member, or a key whose members are not adjacent.
+        Naming the shard, for an unsafe member path (absolute, ``..``), a link, device or
+        sparse member, a member over ``max_member_size`` bytes, or a key whose members are
+        not adjacent.
     """
     path = Path(path)
     done: set[str] = set()
     key, sample = None, {}
     with tarfile.open(path, "r:*") as tar:
-        for info, name in _members(tar, str(path)):
+        for info, name in _members(tar, str(path), max_member_size):
             k, ext = _split_key(name)
             if k != key:
                 if key is not None:
@@ -556,9 +564,11 @@ class ShardReader(Mapping):
         The shards, e.g. ``ShardWriteResult.paths`` or ``sorted(Path(d).glob("*.tar"))``.
     extension : str
         Which member of a sample holds the image.
+    max_member_size : int
+        Largest member accepted, in bytes.
     """
 
-    def __init__(self, paths: Iterable[PathLike], extension: str = "jpg"):
+    def __init__(self, paths: Iterable[PathLike], extension: str = "jpg", max_member_size: int = MAX_MEMBER_BYTES):
         self.paths = [Path(p) for p in paths]
         self.extension = extension
         self._index: dict[str, tuple[int, int, int]] = {}
@@ -566,7 +576,7 @@ class ShardReader(Mapping):
         self._lock = threading.Lock()
         for i, path in enumerate(self.paths):
             with tarfile.open(path, "r:") as tar:
-                for info, name in _members(tar, str(path)):
+                for info, name in _members(tar, str(path), max_member_size):
                     key, ext = _split_key(name)
                     if ext != extension:
                         continue

@@ -155,9 +155,19 @@ def make_handler(models: FakeModels):
                 headers = [("Retry-After", "0.3")] if action == "429" else []
                 return self.reply(int(action), json.dumps({"error": {"message": f"injected {action}"}}).encode(),
                                   headers)
-            if action == "timeout":  # the client gives up after 0.4 s
-                time.sleep(0.9)
+            if action == "timeout":  # the client gives up after 1 s (a margin for a loaded machine)
+                time.sleep(2.5)
                 return self.reply(500, b"{}")
+            if action == "trickle":  # every byte within the read timeout, the whole answer far beyond it
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "40")
+                self.end_headers()
+                for _ in range(40):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return None
             if action == "truncated-body":
                 return self.reply(200, b'{"choices": [{"message": {"role": "assistant", "cont')
             if action == "short-read":
@@ -237,7 +247,7 @@ def tok_of(root: Path, pair: dict) -> str:
 
 
 def backend_for(server, **kw):
-    opts = {"timeout": 0.4, "max_attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05}
+    opts = {"timeout": 1.0, "max_attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05}
     opts.update(kw)
     return A.OpenAIBackend(server.url, api_key="test-key", **opts)
 
@@ -345,8 +355,9 @@ ITEMS = ["Find one like this but red.", "Same kind of thing outdoors.", "What if
     "\n".join(f'"{s}",' for s in ITEMS),
     json.dumps(ITEMS)[:-1] + ', "A fourth that was cut o',
     "\n".join(ITEMS),
+    "<think>Maybe [\"a draft query\", \"another\"]?</think>\n" + json.dumps(ITEMS),
 ], ids=["json", "fenced+prose", "python-list", "object", "object-items", "numbered+prose", "paren-numbered",
-        "bullets", "markdown-bold", "labelled", "quoted-lines", "truncated-array", "plain-lines"])
+        "bullets", "markdown-bold", "labelled", "quoted-lines", "truncated-array", "plain-lines", "think-block"])
 def test_parse_instructions_formats(text):
     assert A.parse_instructions(text) == ITEMS
 
@@ -369,12 +380,18 @@ def test_validate_instructions():
     assert reasons["find a RED one!"] == "duplicate"
     assert reasons["Show the Source Image in blue."] == "names the 'source image'"
     assert reasons["A target image of a dog."] == "names the 'target image'"
+    variants = ["Like the source-image, in red.", "The SourceImage at night.", "Both target_images, but blue."]
+    assert [r for _, r in A.validate_instructions(variants + ITEMS)[1]] == \
+        ["names the 'source image'", "names the 'source image'", "names the 'target image'"]
+    assert A.validate_instructions(["A resource image of a cat."] + ITEMS)[1] == []  # whole words only
     assert reasons["Ok"].startswith("shorter") and reasons["word " * 61].startswith("longer")
     assert A.validate_instructions(items, min_count=2, max_count=2)[0] == kept[:2]
     with pytest.raises(A.OutputError, match=r"2 valid instructions, need at least 3; rejected: 1 duplicate, "
                                             r"1 names the 'source image'"):
         A.validate_instructions(["Find a red one.", "find a red one", "Source image but red.", "Make it snow."])
     assert A.check_description('"Both images show a dog on a beach at noon."') == \
+        "Both images show a dog on a beach at noon."
+    assert A.check_description("<think>Two photos...</think>\nBoth images show a dog on a beach at noon.") == \
         "Both images show a dog on a beach at noon."
     with pytest.raises(A.OutputError, match="cut off"):
         A.check_description("Both images show " * 5, "length")
@@ -435,6 +452,19 @@ def test_annotate_end_to_end_requests(server, corpus, tmp_path):
     again = run(server, pairs, root, journal, seed=5)
     assert again.records == result.records and again.stats["asked"] == 0 and again.stats["resumed_done"] == 8
     assert len(server.of("mllm")) == 8
+
+
+def test_timeout_bounds_the_whole_attempt(server, corpus):
+    """A server that trickles bytes faster than the read timeout but never finishes in time
+    is a timeout (retried), not a worker held forever."""
+    root, keys = corpus
+    pairs = make_pairs(keys, 1)
+    server.script("mllm", tok_of(root, pairs[0]), "trickle")
+    backend = backend_for(server)
+    result = run(server, pairs, root, backend=backend)
+    # finished, the 4 s trickle would be a bad body (40 spaces); cut at 1 s it is a timeout
+    assert result.stats["done"] == 1 and result.stats["backend"]["timeouts"] == 1
+    assert "bad_responses" not in result.stats["backend"]
 
 
 def test_transient_faults_are_retried(server, corpus):

@@ -27,7 +27,7 @@ def records(n=5, seed=0):
         t = f"train-00100-to-00199/{i + 50:05d}/{i + 50:09d}.jpg"
         hns = [q] + [f"train-00200-to-00299/{j:05d}/{j:09d}.jpg" for j in rng.choice(1000, 5, replace=False)]
         texts = [f"Find a similar vehicle number {i}, indoors.", "Même chose, mais la nuit — «ünïcode»",
-                 f"What if this {i} were red?"][: 3 if i % 2 else 4]
+                 f"What if this {i} were red?", f"Show number {i} at dusk."][: 3 if i % 2 else 4]
         out.append({"q_img": q, "q_text": texts, "t_img": t, "hns": hns})
     return out
 
@@ -248,6 +248,24 @@ def test_unsafe_members_are_refused(tmp_path, name, kind, why):
         list(ds.iter_shard(path))
     with pytest.raises(ValueError, match="hostile.tar"):
         ds.ShardReader([path])
+
+
+def test_sparse_and_oversized_members_are_refused(tmp_path):
+    path = tmp_path / "sparse.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("ok/0001.jpg")
+        info.type, info.size = tarfile.GNUTYPE_SPARSE, 0
+        tar.addfile(info)
+    with pytest.raises(ValueError, match="sparse.tar: member 'ok/0001.jpg' is a sparse file"):
+        list(ds.iter_shard(path))
+    with pytest.raises(ValueError, match="sparse file"):
+        ds.ShardReader([path])
+    big = _hostile(tmp_path / "big.tar", "ok/0002.jpg")
+    assert len(ds.ShardReader([big])) == 2
+    with pytest.raises(ValueError, match="big.tar: member 'ok/0001.jpg' has 3 bytes, more than 2"):
+        list(ds.iter_shard(big, max_member_size=2))
+    with pytest.raises(ValueError, match="more than 2"):
+        ds.ShardReader([big], max_member_size=2)
 
 
 def test_shard_reader_checks(tmp_path):

@@ -283,7 +283,7 @@ def test_mmeb_errors_name_file_and_row(tmp_path):
 def mbeir_tree(tmp_path):
     queries = [{"qid": "8:1", "query_txt": "show three bottles of soft drink",
                 "query_img_path": "mbeir_images/cirr_images/dev/q1.jpg", "query_modality": "image,text",
-                "candidate_modality": "image", "pos_cand_list": ["8:2"], "neg_cand_list": []}]
+                "query_src_content": "{}", "pos_cand_list": ["8:2"], "neg_cand_list": []}]
     pool = [{"txt": None, "img_path": f"mbeir_images/cirr_images/dev/c{i}.jpg", "modality": "image",
              "did": f"8:{i}", "src_content": "{}"} for i in range(1, 4)]
     pool.append({"txt": "a caption", "img_path": None, "modality": "text", "did": "8:9"})
@@ -306,6 +306,24 @@ def test_load_mbeir(tmp_path):
                                      "of the provided image. show three bottles of soft drink.")
     assert ds.mbeir_pool_path(root, "mscoco_task0").name == "mbeir_mscoco_task0_test_cand_pool.jsonl"
     assert ds.mbeir_pool_path(root, "cirr_task7", pool="global").name == "mbeir_union_test_cand_pool.jsonl"
+
+
+def test_mbeir_random_instruction_is_keyed_by_the_positive_modality(tmp_path):
+    # UniIR's key is "dataset_id, query_modality, modality of the positive in the pool"; the
+    # query record has no candidate modality. Rows for other modalities must not be used.
+    root, _ = mbeir_tree(tmp_path)
+    tsv = root / "instructions" / "query_instructions.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("query_modality\tcand_modality\ttask\tdataset_id\tprompt_1\tprompt_2\n"
+                   "image,text\timage\ttask7\t8\tRetrieve the changed image\tFind the edited image.\n"
+                   "image,text\ttext\ttask6\t8\tWrong row\t\n")
+    data = ds.load_mbeir(root, "cirr_task7", instruction="random", seed=3)
+    assert data.queries[0].text in ("Retrieve the changed image. show three bottles of soft drink.",
+                                    "Find the edited image. show three bottles of soft drink.")
+    tsv.write_text("query_modality\tcand_modality\ttask\tdataset_id\tprompt_1\n"
+                   "image,text\ttext\ttask6\t8\tWrong row\n")
+    with pytest.raises(ValueError, match=r"query 1: no instruction for '8, image,text, image'"):
+        ds.load_mbeir(root, "cirr_task7", instruction="random")
 
 
 def test_mbeir_errors(tmp_path):

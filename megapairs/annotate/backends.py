@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ ENV_API_KEY = ("MEGAPAIRS_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: Statuses after which no request can succeed (bad key, no such model or endpoint): the run stops.
 FATAL_STATUSES = frozenset({401, 403, 404})
+#: Larger chat-completion bodies are treated as malformed (a few KB are expected).
+MAX_RESPONSE_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,21 @@ class OpenAIBackend:
             delay = max(delay, min(retry_after, self.retry_after_max))
         return delay
 
+    def _post(self, payload: bytes) -> tuple[int, Any, bytes]:
+        """One request: (status, headers, body). ``timeout`` bounds the whole attempt, not
+        only each read (a server trickling bytes cannot hold a worker), and the body is
+        capped at MAX_RESPONSE_BYTES."""
+        deadline = time.monotonic() + self.timeout
+        with self._client.stream("POST", self.url, content=payload) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise self._httpx.ReadTimeout(f"no complete answer within {self.timeout:g} s")
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ValueError(f"response body larger than {MAX_RESPONSE_BYTES} bytes")
+            return response.status_code, response.headers, bytes(body)
+
     def chat(self, messages: list[dict], *, model: str, max_tokens: int = 512, temperature: float = 0.7,
              seed: int | None = None, stop: threading.Event | None = None) -> Completion:
         """POST one chat completion, retrying as described in the class docstring.
@@ -246,31 +263,33 @@ class OpenAIBackend:
             self._count("requests")
             retry_after = None
             try:
-                response = self._client.post(self.url, content=payload)
+                status, headers, content = self._post(payload)
             except httpx.TimeoutException as e:
                 status, reason = None, f"timeout after {self.timeout:g} s ({type(e).__name__})"
                 self._count("timeouts")
             except httpx.TransportError as e:
                 status, reason = None, f"connection error: {type(e).__name__}: {e}"
                 self._count("connection_errors")
+            except ValueError as e:  # an oversized body
+                status, reason = None, str(e)
+                self._count("bad_responses")
             else:
-                status = response.status_code
                 self._count(f"status_{status}")
                 if status == 200:
                     try:
-                        return _completion(response.content)
+                        return _completion(content)
                     except ValueError as e:
                         reason = f"bad response body: {e}"
                         self._count("bad_responses")
                 else:
-                    reason = f"HTTP {status}: {_snippet(response.text)}"
+                    reason = f"HTTP {status}: {_snippet(content.decode('utf-8', 'replace'))}"
                     if status in FATAL_STATUSES:
                         self._count("failed")
                         raise BackendError(f"{reason} (from {self.url}, model {model!r})", status, fatal=True)
                     if status not in RETRY_STATUSES and status < 500:
                         self._count("failed")
                         raise BackendError(reason, status)
-                    retry_after = _retry_after(response.headers.get("retry-after"))
+                    retry_after = _retry_after(headers.get("retry-after"))
             if attempt == self.max_attempts:
                 break
             self._count("retries")

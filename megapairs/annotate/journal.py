@@ -186,7 +186,7 @@ class Journal:
         if entry["event"] == "done":
             self.state.done[key] = entry
             self.state.failed.pop(key, None)
-        else:
+        elif key not in self.state.done:  # as a re-read would see it: "done" is final
             self.state.failed[key] = entry
         self.state.lines += 1
 

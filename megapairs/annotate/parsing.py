@@ -23,6 +23,8 @@ __all__ = ["FORBIDDEN_PHRASES", "OutputError", "check_description", "parse_instr
 #: An instruction must not name the images literally: at training time it goes with the
 #: query image alone.
 FORBIDDEN_PHRASES = ("source image", "target image")
+# Whole words, any separator or none, singular or plural ("SourceImage", "target-images").
+_FORBIDDEN_RE = tuple((p, re.compile(r"\b" + " ?".join(p.split()) + r"s?\b")) for p in FORBIDDEN_PHRASES)
 
 _FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n?(.*?)```", re.DOTALL)
 _MARKER = re.compile(
@@ -31,6 +33,8 @@ _MARKER = re.compile(
 _LABEL = re.compile(r"^(?:text\s+)?(?:query|instruction)\s*\d*\s*[:.-]\s*", re.IGNORECASE)
 _STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+# A reasoning model's hidden thoughts, when the server does not strip them.
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 class OutputError(ValueError):
@@ -124,7 +128,7 @@ def parse_instructions(text: str) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    body = text.strip()
+    body = _THINK.sub("", text).strip()
     parts = [p for p in _FENCE.findall(body) if p.strip()] + [body]
     items: list[str] = []
     for finder in (_from_json, _from_marked_lines, _salvage_array):
@@ -149,7 +153,8 @@ def validate_instructions(items: Iterable[str], *, min_count: int = 3, max_count
     """Keep the usable instructions.
 
     An item is dropped when it has fewer than ``min_words`` or more than ``max_words``
-    words, contains a :data:`FORBIDDEN_PHRASES` entry (case-insensitive), or repeats an
+    words, names a :data:`FORBIDDEN_PHRASES` entry (case-insensitive, whole words, also
+    hyphenated, joined or plural: "Source-Image", "targetimages"), or repeats an
     earlier item (compared lower-cased, punctuation ignored). At most ``max_count`` are kept.
 
     Returns
@@ -165,8 +170,8 @@ def validate_instructions(items: Iterable[str], *, min_count: int = 3, max_count
     kept, rejected, seen = [], [], set()
     for item in items:
         words = len(item.split())
-        lower = item.lower()
-        bad = next((p for p in FORBIDDEN_PHRASES if p in lower), None)
+        words_only = " ".join(re.split(r"[\W_]+", item.lower()))  # "Source-Image", "source_image" too
+        bad = next((p for p, rx in _FORBIDDEN_RE if rx.search(words_only)), None)
         if bad:
             rejected.append((item, f"names the {bad!r}"))
         elif words < min_words:
@@ -198,7 +203,7 @@ def check_description(text: str, finish_reason: str | None = None, min_words: in
     """
     if finish_reason == "length":
         raise OutputError("description cut off by the token limit (finish_reason=length)")
-    text = (text or "").strip()
+    text = _THINK.sub("", text or "").strip()
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     words = len(text.split())

@@ -128,10 +128,11 @@ def _index_images(folder: Path, what: str) -> dict[str, str]:
         raise FileNotFoundError(f"{what}: no image folder '{folder}'")
     out: dict[str, str] = {}
     with os.scandir(folder) as entries:
-        for entry in entries:
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix.lower() in _IMAGE_SUFFIXES and stem not in out:
-                out[stem] = entry.path
+        files = sorted((entry.name, entry.path) for entry in entries)  # a stem under two suffixes: the first name
+    for name, path in files:
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in _IMAGE_SUFFIXES and stem not in out:
+            out[stem] = path
     return out
 
 
@@ -148,12 +149,12 @@ def format_string(s: str | None) -> str:
     """UniIR's text clean-up (M-BEIR, MMEB): drop carriage returns, strip spaces and double
     quotes at the ends, capitalise the first character and end with '.' unless the text
     already ends with '.', '?' or '!'. ``None`` and empty texts give ``""``."""
-    s = (s or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in ".?!":
-            s += "."
-    return s
+    text = "" if s is None else s.replace("\r", "")
+    text = text.strip().strip('"')
+    if not text:
+        return ""
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def _mbeir_caption(caption: str) -> str:
@@ -462,7 +463,8 @@ def load_fashioniq(root: str | os.PathLike, split: str = "val", categories: Sequ
     if unknown or not categories:
         raise ValueError(f"categories must be a non-empty subset of {FASHIONIQ_CATEGORIES}, got {categories!r}")
     fashioniq_query_text(["a", "b"], caption_style)  # validates the style before any file is read
-    stems = _index_images(root / "images", "FashionIQ") if check_images else None
+    # the folder is listed whenever it exists: copies ship .jpg or .png
+    stems = _index_images(root / "images", "FashionIQ") if check_images or (root / "images").is_dir() else None
     out = {}
     for cat in categories:
         split_path = root / "image_splits" / f"split.{cat}.{split}.json"
@@ -472,13 +474,14 @@ def load_fashioniq(root: str | os.PathLike, split: str = "val", categories: Sequ
         for j, n in enumerate(names):
             _expect(n, str, split_path, f"entry {j}", "an ASIN")
         if len(set(names)) != len(names):
-            raise FormatError(f"{split_path}: an ASIN is listed twice")
+            dup = next(n for i, n in enumerate(names) if n in names[:i])
+            raise FormatError(f"{split_path}: ASIN {dup!r} is listed twice")
         paths = []
         for n in names:
-            if stems is None:
-                paths.append(str(root / "images" / f"{n}.jpg"))
-            elif n in stems:
+            if stems is not None and n in stems:
                 paths.append(stems[n])
+            elif not check_images:
+                paths.append(str(root / "images" / f"{n}.jpg"))
             else:
                 raise FileNotFoundError(f"{split_path}: image {n!r}: no file '{root / 'images' / n}.<jpg|png|...>'")
         gallery = set(names)
@@ -734,6 +737,7 @@ def load_mmeb(root: str | os.PathLike, datasets: Sequence[str] | None = None,
             if missing:
                 raise FormatError(f"{path}: missing column '{missing[0]}'")
             cols = {c: table.column(c).to_pylist() for c in ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")}
+            start = len(rows)  # rows of earlier files of this dataset are already checked
             for i in range(table.num_rows):
                 where = f"row {i}"
                 texts, images = cols["tgt_text"][i], cols["tgt_img_path"][i]
@@ -746,7 +750,7 @@ def load_mmeb(root: str | os.PathLike, datasets: Sequence[str] | None = None,
                                     [text(t, path, where) for t in texts], [img(p, path, where) for p in images]))
             if check_images:
                 seen = set()
-                for i, row in enumerate(rows):
+                for i, row in enumerate(rows[start:]):
                     for p in (row.query_image, *row.candidate_images):
                         if p is not None and p not in seen:
                             seen.add(p)
@@ -913,7 +917,9 @@ def load_mbeir(root: str | os.PathLike, task: str, split: str = "test", pool: st
         A string: that instruction before every query text (one fixed instruction, as
         MM-Embed uses). ``'random'``: UniIR's setting, one of the task's prompts from
         ``query_instructions.tsv`` per query, drawn with ``seed`` (the draw cannot replay
-        UniIR's own random state). Query texts are ``format_string(f"{prompt} {txt}")``.
+        UniIR's own random state); the prompts are those keyed by the query's dataset id, its
+        ``query_modality`` and the ``modality`` (in the pool) of its first positive candidate
+        of the same dataset, as UniIR keys them. Query texts are ``format_string(f"{prompt} {txt}")``.
     seed : int
     check_images : bool
     candidates : list of MBEIRCandidate, optional
@@ -930,6 +936,9 @@ def load_mbeir(root: str | os.PathLike, task: str, split: str = "test", pool: st
         prompts = _instructions(root / "instructions" / "query_instructions.tsv")
     rng = random.Random(seed)
     relevant, _ = read_qrels(qrels_path)
+    if candidates is None:
+        candidates = load_mbeir_pool(pool_path, root, check_images)
+    modality_of = {c.did: c.modality for c in candidates} if prompts is not None else {}
     queries, seen = [], set()
     for n, r in enumerate(_jsonl(query_path, f"M-BEIR {task} queries"), start=1):
         where = f"query {n}"
@@ -943,7 +952,15 @@ def load_mbeir(root: str | os.PathLike, task: str, split: str = "test", pool: st
         image = str(root / _expect(img, str, query_path, where, "'query_img_path'")) if img else None
         prompt = instruction
         if prompts is not None:
-            key = f"{qid.split(':')[0]}, {r.get('query_modality')}, {r.get('candidate_modality')}"
+            # UniIR keys the prompt by the modality of a positive candidate of the query's own
+            # dataset (the query records have no candidate modality); we take the first one.
+            dataset_id = qid.split(":")[0]
+            positives = [d for d in (r.get("pos_cand_list") or relevant.get(qid, []))
+                         if isinstance(d, str) and d.split(":")[0] == dataset_id and d in modality_of]
+            if not positives:
+                raise ValueError(f"{query_path}: {where}: qid {qid!r} has no positive candidate of dataset "
+                                 f"{dataset_id} in {pool_path}, whose modality selects the instruction")
+            key = f"{dataset_id}, {r.get('query_modality')}, {modality_of[positives[0]]}"
             if not prompts.get(key):
                 raise ValueError(f"{query_path}: {where}: no instruction for '{key}' in query_instructions.tsv")
             prompt = format_string(rng.choice(prompts[key]))
@@ -956,8 +973,6 @@ def load_mbeir(root: str | os.PathLike, task: str, split: str = "test", pool: st
     if not queries:
         raise FormatError(f"{query_path}: no queries")
     _check_files(((q.image, f"{query_path}: qid {q.qid!r}") for q in queries if q.image), check_images)
-    if candidates is None:
-        candidates = load_mbeir_pool(pool_path, root, check_images)
     dids = {c.did for c in candidates}
     missing = [(q.qid, d) for q in queries for d in relevant[q.qid] if d not in dids]
     if missing:
