@@ -520,6 +520,16 @@ def _members(tar: tarfile.TarFile, where: str, max_size: int) -> Iterator[tuple[
         yield info, name
 
 
+def _check_complete(tar: tarfile.TarFile, where: str) -> None:
+    """tarfile stops without a word when a shard is cut at (or inside) a member header: a
+    complete archive ends with two zero blocks right after its last member."""
+    tar.fileobj.seek(tar.offset)
+    tail = tar.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(tail) < 2 * tarfile.BLOCKSIZE or any(tail):
+        raise ValueError(f"{where}: truncated or damaged after byte {tar.offset} (no end-of-archive blocks); "
+                         "re-download or rewrite the shard")
+
+
 def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Samples of one WebDataset tar: ``(key, {extension: bytes})``, members grouped by key
     in file order.
@@ -528,25 +538,29 @@ def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES) -> Itera
     ------
     ValueError
         Naming the shard, for an unsafe member path (absolute, ``..``), a link, device or
-        sparse member, a member over ``max_member_size`` bytes, or a key whose members are
-        not adjacent.
+        sparse member, a member over ``max_member_size`` bytes, a key whose members are
+        not adjacent, or a shard cut short (no end-of-archive blocks).
     """
     path = Path(path)
     done: set[str] = set()
     key, sample = None, {}
-    with tarfile.open(path, "r:*") as tar:
-        for info, name in _members(tar, str(path), max_member_size):
-            k, ext = _split_key(name)
-            if k != key:
-                if key is not None:
-                    yield key, sample
-                    done.add(key)
-                if k in done:
-                    raise ValueError(f"{path}: members of sample {k!r} are not adjacent")
-                key, sample = k, {}
-            sample[ext] = tar.extractfile(info).read()
-        if key is not None:
-            yield key, sample
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for info, name in _members(tar, str(path), max_member_size):
+                k, ext = _split_key(name)
+                if k != key:
+                    if key is not None:
+                        yield key, sample
+                        done.add(key)
+                    if k in done:
+                        raise ValueError(f"{path}: members of sample {k!r} are not adjacent")
+                    key, sample = k, {}
+                sample[ext] = tar.extractfile(info).read()
+            _check_complete(tar, str(path))
+    except (tarfile.TarError, EOFError) as e:  # cut inside a member, a bad header, a broken gzip stream
+        raise ValueError(f"{path}: not a readable tar shard: {e}") from None
+    if key is not None:
+        yield key, sample
 
 
 class ShardReader(Mapping):
@@ -575,15 +589,19 @@ class ShardReader(Mapping):
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
         for i, path in enumerate(self.paths):
-            with tarfile.open(path, "r:") as tar:
-                for info, name in _members(tar, str(path), max_member_size):
-                    key, ext = _split_key(name)
-                    if ext != extension:
-                        continue
-                    if key in self._index:
-                        other = self.paths[self._index[key][0]]
-                        raise ValueError(f"{path}: image {key!r} is also in {other}")
-                    self._index[key] = (i, info.offset_data, info.size)
+            try:
+                with tarfile.open(path, "r:") as tar:
+                    for info, name in _members(tar, str(path), max_member_size):
+                        key, ext = _split_key(name)
+                        if ext.lower() != extension.lower():  # .JPG from other writers too
+                            continue
+                        if key in self._index:
+                            other = self.paths[self._index[key][0]]
+                            raise ValueError(f"{path}: image {key!r} is also in {other}")
+                        self._index[key] = (i, info.offset_data, info.size)
+                    _check_complete(tar, str(path))
+            except tarfile.TarError as e:
+                raise ValueError(f"{path}: not a readable uncompressed tar shard: {e}") from None
 
     def _key(self, image: str) -> str:
         if image in self._index:

@@ -268,6 +268,38 @@ def test_sparse_and_oversized_members_are_refused(tmp_path):
         ds.ShardReader([big], max_member_size=2)
 
 
+def _tar(path, names):
+    with tarfile.open(path, "w") as tar:
+        for i, name in enumerate(names):
+            data = bytes([i + 1]) * (100 + i)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_truncated_shards_are_refused(tmp_path):
+    """Cut exactly at a member header (tarfile itself would just stop early) or inside the
+    end-of-archive blocks: refused with the shard's name, by both readers."""
+    whole = _tar(tmp_path / "whole.tar", ["k1.jpg", "k2.jpg", "k3.jpg"]).read_bytes()
+    assert [k for k, _ in ds.iter_shard(tmp_path / "whole.tar")] == ["k1", "k2", "k3"]
+    second_header = 512 + 512  # header + padded data of k1
+    # at a header, inside the end-of-archive blocks (3 members of 1024 bytes), inside k2's data
+    for cut in (second_header, 3 * 1024 + 100, second_header + 600):
+        path = tmp_path / f"cut{cut}.tar"
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=f"cut{cut}.tar: (truncated|not a readable tar shard)"):
+            list(ds.iter_shard(path))
+        with pytest.raises(ValueError, match=f"cut{cut}.tar: (truncated|not a readable)"):
+            ds.ShardReader([path])
+
+
+def test_shard_reader_accepts_upper_case_extensions(tmp_path):
+    path = _tar(tmp_path / "upper.tar", ["a/k1.JPG", "a/k2.jpg"])
+    store = ds.ShardReader([path])
+    assert sorted(store) == ["a/k1", "a/k2"] and store["a/k1.jpg"] == bytes([1]) * 100
+
+
 def test_shard_reader_checks(tmp_path):
     a = _hostile(tmp_path / "a.tar", "ok/0002.jpg")
     b = _hostile(tmp_path / "b.tar", "ok/0003.jpg")
