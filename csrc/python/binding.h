@@ -32,6 +32,9 @@ PyArrayObject *output_f32(PyObject *out, npy_intp rows, npy_intp cols, const cha
 // 0 when num_threads >= 0, else -1 with ValueError set.
 int check_threads(int num_threads);
 
+// 'fp32' or 'bf16' -> *out and 0, else -1 with ValueError set.
+int parse_precision(const char *name, enum mp_precision *out);
+
 // python/text.c: adds the tokenizer types to the module; -1 with an exception set on failure.
 int mp_text_binding_add(PyObject *module);
 

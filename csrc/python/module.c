@@ -79,6 +79,16 @@ int check_threads(int num_threads) {
     return -1;
 }
 
+int parse_precision(const char *name, enum mp_precision *out) {
+    if (strcmp(name, "fp32") == 0) *out = MP_PRECISION_FP32;
+    else if (strcmp(name, "bf16") == 0) *out = MP_PRECISION_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", name);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------- threads, build info */
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -127,9 +137,7 @@ static PyObject *py_matmul_nt(PyObject *self, PyObject *args, PyObject *kwargs) 
                                      &out_obj, &num_threads))
         return NULL;
     enum mp_precision precision;
-    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
-    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
-    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (parse_precision(precision_name, &precision)) return NULL;
     if (check_threads(num_threads)) return NULL;
     if (!(a = as_f32_array(a_obj, 2, "a")) || !(b = as_f32_array(b_obj, 2, "b"))) goto done;
     npy_intp M = PyArray_DIM(a, 0), K = PyArray_DIM(a, 1), N = PyArray_DIM(b, 0);
@@ -495,9 +503,7 @@ static PyObject *vit_encode(VitObject *self, PyObject *args, PyObject *kwargs) {
     if (!self->vit) return PyErr_Format(PyExc_ValueError, "Vit is not initialised");
     if (check_threads(num_threads)) return NULL;
     enum mp_precision precision;
-    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
-    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
-    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (parse_precision(precision_name, &precision)) return NULL;
     enum mp_vit_pooling pooling;
     if (strcmp(pooling_name, "cls") == 0) pooling = MP_VIT_POOL_CLS;
     else if (strcmp(pooling_name, "cls+mean") == 0) pooling = MP_VIT_POOL_CLS_MEAN;
@@ -595,9 +601,7 @@ static PyObject *py_knn_search(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     if (check_threads(num_threads)) return NULL;
     enum mp_precision precision;
-    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
-    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
-    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (parse_precision(precision_name, &precision)) return NULL;
     if (k <= 0) return PyErr_Format(PyExc_ValueError, "k must be positive, got %lld", k);
     if (!(q = as_f32_array(q_obj, 2, "queries")) || !(c = as_f32_array(c_obj, 2, "corpus"))) goto done;
     npy_intp Q = PyArray_DIM(q, 0), M = PyArray_DIM(c, 0), d = PyArray_DIM(q, 1);
@@ -649,9 +653,7 @@ static PyObject *py_infonce(PyObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     if (check_threads(num_threads)) return NULL;
     enum mp_precision precision;
-    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
-    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
-    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (parse_precision(precision_name, &precision)) return NULL;
     if (!(q = as_f32_array(q_obj, 2, "q")) || !(c = as_f32_array(c_obj, 2, "c"))) goto done;
     if (!(pos = (PyArrayObject *)PyArray_FROM_OTF(pos_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY))) goto done;
     if (ids_obj != Py_None && !(ids = (PyArrayObject *)PyArray_FROM_OTF(ids_obj, NPY_INT64, NPY_ARRAY_IN_ARRAY)))
@@ -792,9 +794,7 @@ static PyObject *text_encode(TextObject *self, PyObject *args, PyObject *kwargs)
     if (!self->text) return PyErr_Format(PyExc_ValueError, "Text is not initialised");
     if (check_threads(num_threads)) return NULL;
     enum mp_precision precision;
-    if (strcmp(precision_name, "fp32") == 0) precision = MP_PRECISION_FP32;
-    else if (strcmp(precision_name, "bf16") == 0) precision = MP_PRECISION_BF16;
-    else return PyErr_Format(PyExc_ValueError, "precision must be 'fp32' or 'bf16', got '%s'", precision_name);
+    if (parse_precision(precision_name, &precision)) return NULL;
     enum mp_text_pooling pooling;
     if (strcmp(pooling_name, "last") == 0) pooling = MP_TEXT_POOL_LAST;
     else if (strcmp(pooling_name, "mean") == 0) pooling = MP_TEXT_POOL_MEAN;
