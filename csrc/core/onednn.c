@@ -102,9 +102,8 @@ enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const 
 enum mp_status mp_matmul_strided_accumulate(float *out, const int64_t out_strides[2], const float *a,
                                             const int64_t a_strides[2], const float *b, const int64_t b_strides[2],
                                             int64_t M, int64_t N, int64_t K, enum mp_precision precision) {
-    const int64_t os[4] = {M * N, M * N, out_strides[0], out_strides[1]},
-                  as[4] = {M * K, M * K, a_strides[0], a_strides[1]}, bs[4] = {K * N, K * N, b_strides[0], b_strides[1]};
-    return matmul(out, MP_DTYPE_F32, os, a, MP_DTYPE_F32, as, b, MP_DTYPE_F32, bs, 1, 1, M, N, K, precision, 1);
+    return mp_matmul_accumulate_typed(out, out_strides, a, MP_DTYPE_F32, a_strides, b, MP_DTYPE_F32, b_strides, M, N,
+                                      K, precision);
 }
 
 enum mp_status mp_matmul_accumulate_typed(float *out, const int64_t out_strides[2], const void *a,
