@@ -35,9 +35,19 @@ __all__ = [
     "knn",
     "loss",
     "mining",
+    "pipeline",
     "set_num_threads",
     "show_config",
     "text",
     "training",
     "weights",
 ]
+
+
+def __getattr__(name: str):
+    # The pipeline (and the CLI over it) load on first use: `import megapairs` stays fast.
+    if name in ("pipeline", "cli"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'megapairs' has no attribute {name!r}")
