@@ -59,8 +59,19 @@ def _config_options(fn):
     return fn
 
 
+def _summary(stats: dict) -> str:
+    """``key value, ...`` of the plain values; per-space dicts as ``space: key value``."""
+    parts = []
+    for k, v in stats.items():
+        if isinstance(v, dict) and all(not isinstance(x, (dict, list)) for x in v.values()) and len(v) <= 4:
+            parts.append(f"{k}: " + " ".join(f"{kk} {vv}" for kk, vv in v.items()))
+        elif not isinstance(v, (dict, list)):
+            parts.append(f"{k} {v}")
+    return ", ".join(parts)
+
+
 def _report(result) -> None:
-    stats = ", ".join(f"{k} {v}" for k, v in result.stats.items() if not isinstance(v, (dict, list)))
+    stats = _summary(result.stats)
     if result.ran:
         click.echo(f"{result.stage:>9}: done in {result.seconds:.1f} s" + (f" ({stats})" if stats else ""))
     else:
@@ -217,7 +228,7 @@ def status(out: Path, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=1))
         return
     for r in rows:
-        stats = ", ".join(f"{k} {v}" for k, v in r["stats"].items() if not isinstance(v, (dict, list)))
+        stats = _summary(r["stats"])
         when = f" at {r['finished']}" if r["finished"] else ""
         click.echo(f"{r['stage']:<20} {r['state']:<8}{when}" + (f"  ({stats})" if stats else ""))
 

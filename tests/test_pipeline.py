@@ -30,7 +30,7 @@ import megapairs as mp
 from megapairs.pipeline import Output
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
-CATEGORIES = ("animals/birds", "animals/mammals", "food", "vehicles")
+CATEGORIES = ("animals/birds", "animals/mammals", "food/fruit", "plants/flowers")
 PER_CATEGORY = 12
 
 
@@ -56,7 +56,7 @@ def corpus(tmp_path_factory) -> Path:
             shutil.copy(p, dest / p.name)
             if p.with_suffix(".txt").is_file():
                 shutil.copy(p.with_suffix(".txt"), dest / p.with_suffix(".txt").name)
-    first = sorted((root / "food").glob("*.png"))[0]
+    first = sorted((root / "food/fruit").glob("*.png"))[0]
     (root / "damaged").mkdir()
     (root / "damaged" / "truncated.png").write_bytes(first.read_bytes()[:300])
     (root / "damaged" / "truncated.txt").write_text("A cut-off picture of food.\n")

@@ -138,7 +138,7 @@ class Output:
         return self.root / ".megapairs"
 
     def state_file(self, stage: str) -> Path:
-        return self.state_dir / f"{stage}.json"
+        return self.state_dir / f"{stage.replace(':', '.')}.json"  # encode:<space> -> encode.<space>.json
 
     def read_state(self, stage: str) -> dict | None:
         """The record a finished stage left, or None (never run, or from another format)."""

@@ -197,9 +197,10 @@ def caption(out, config=None, *, progress: bool | None = None, fingerprints: dic
     up = _upstream(o, "ingest", fingerprints)
     if cfg.corpus.captions != "mllm":
         fp = digest("caption", up, cfg.corpus.captions)
+        stats = {"source": cfg.corpus.captions}
         if not o.is_current("caption", fp):
-            o.write_state("caption", fp, [], {"captioned": 0})
-        return StageResult("caption", False, fp, {"captioned": 0})
+            o.write_state("caption", fp, [], stats)
+        return StageResult("caption", False, fp, stats)
     c = cfg.caption
     settings = {"model": c.model or os.environ.get("MEGAPAIRS_MLLM_MODEL", ""), "prompt": c.prompt,
                 "max_tokens": c.max_tokens, "max_image_side": c.max_image_side}
@@ -748,7 +749,7 @@ def status(out: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"no such directory: '{o.root}'")
     cfg = load_config(o.config) if o.config.is_file() else None
     space_names = [s.name for s in cfg.spaces] if cfg else sorted(
-        p.stem for p in o.state_dir.glob("encode:*.json")) if o.state_dir.is_dir() else []
+        p.stem.split(".", 1)[1] for p in o.state_dir.glob("encode.*.json")) if o.state_dir.is_dir() else []
     rows = []
     for stage in STAGES:
         names = [f"encode:{n}" for n in space_names] if stage == "encode" else [stage]
