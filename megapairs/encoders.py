@@ -24,13 +24,18 @@ Dinov2WithRegistersModel, and OpenCLIP's (``open_clip_config.json`` +
 checkpoints name their tensors; the C core takes them in a fixed order (see csrc/encoders/vit.h
 and csrc/encoders/text.h). Text runs on packed sequences: each text is computed only up to its
 own length (CLIP: up to its end-of-text token, which is all the causal pooled output depends on).
+Images given as paths, bytes or any other iterable are read, preprocessed and encoded
+``batch_size`` at a time, so memory is bounded by a batch and not by the corpus.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -47,22 +52,59 @@ _TEXT_CLIP, _TEXT_BERT = 0, 1
 POOLINGS = ("cls", "cls+mean", "mean")
 
 
+# huggingface_hub's repo id rule (utils.validate_repo_id): 'name' or 'owner/name', ASCII
+# letters, digits, '-', '_', '.', not starting or ending with '-' or '.', at most 96 each
+_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", re.ASCII)
+
+
+def _looks_local(text: str) -> bool:
+    """True when ``text`` can only be a local path: absolute, starting with '.' or '~', more
+    than one path separator, or otherwise not of a hub id's form."""
+    if os.path.isabs(text) or text.startswith((".", "~")):
+        return True
+    if text.count(os.sep) > 1 or (os.altsep is not None and text.count(os.altsep) > 1):
+        return True
+    is_hub_id = (_HUB_ID.fullmatch(text) is not None and "--" not in text and ".." not in text
+                 and not text.endswith(".git"))
+    return not is_hub_id
+
+
 def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise a Hugging Face hub id, fetched into (or found in)
-    huggingface_hub's cache. With ``HF_HUB_OFFLINE=1`` only the cache is used."""
-    path = Path(path_or_hub_id)
+    """A local directory as is (``~`` expanded); otherwise a Hugging Face hub id, fetched into
+    (or found in) huggingface_hub's cache. With ``HF_HUB_OFFLINE=1`` only the cache is used.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``"no such directory: '...'"`` for a missing path that cannot be a hub id (absolute,
+        starting with '.' or '~', with more than one separator, or with characters a hub id
+        cannot have); ``"no local directory '...', and the hub lookup failed: ..."`` when the
+        hub (or, offline, its cache) does not have it either.
+    ValueError
+        The path is a file.
+    """
+    text = os.fsdecode(os.fspath(path_or_hub_id))
+    path = Path(text).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise ValueError(f"expected a model directory or a hub id, got the file '{path}'")
+    if _looks_local(text):
+        raise FileNotFoundError(f"no such directory: '{text}'")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(
-            f"'{path_or_hub_id}' is not a local directory, and huggingface_hub is not installed to fetch it"
+            f"no local directory '{text}', and huggingface_hub is not installed to fetch it from the hub"
         ) from None
     patterns = ["*.json", "*.safetensors", "*.txt", "*.txt.gz"]  # configs, weights, vocabularies
-    return Path(snapshot_download(str(path_or_hub_id), allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except (OSError, ValueError) as exc:  # not cached offline, not on the hub, gated, network
+        said = " ".join(str(exc).split()) or "no message"
+        raise FileNotFoundError(
+            f"no local directory '{text}', and the hub lookup failed: {type(exc).__name__}: {said}"
+        ) from exc
 
 
 def _read_json(path: Path) -> dict:
@@ -555,6 +597,51 @@ def _check_precision(precision: str) -> str:
     return precision
 
 
+_PROGRESS_ABOVE = 2048  # show_progress_bar=None: a bar for more items than this (as images.preprocess)
+
+
+def _length(items) -> int | None:
+    """``len(items)`` when it has one, else its length hint (None when unknown)."""
+    try:
+        return len(items)
+    except TypeError:
+        hint = operator.length_hint(items, -1)
+        return hint if hint >= 0 else None
+
+
+def _progress_bar(show_progress_bar: bool | None, total: int | None, unit: str, desc: str):
+    """A tqdm bar on stderr, or None. ``show_progress_bar=None`` shows one only for more than
+    2048 items (never when the count is unknown)."""
+    if show_progress_bar is not None and not isinstance(show_progress_bar, bool):
+        raise TypeError(f"show_progress_bar must be True, False or None, got {show_progress_bar!r}")
+    if show_progress_bar is None:
+        show_progress_bar = total is not None and total > _PROGRESS_ABOVE
+    if not show_progress_bar:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc)
+
+
+def _check_on_error(on_error):
+    if not callable(on_error) and on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise', 'skip' or a callable, got {on_error!r}")
+    return on_error
+
+
+def _offset_handler(on_error, start: int):
+    """The ``on_error`` for images.preprocess over the images from ``start`` on: indices made
+    global; 'raise' raises naming the global index, as images.preprocess words it."""
+    if on_error == "skip":
+        return "skip"
+    if on_error == "raise":
+        def raise_global(i, exc):
+            raise type(exc)(f"image {start + i}: {exc}") from None
+
+        return raise_global
+    return lambda i, exc: on_error(start + i, exc)
+
+
 class _VisionTower:
     """Batching, preprocessing and normalisation shared by the towers."""
 
@@ -562,24 +649,83 @@ class _VisionTower:
     transform: images.Transform
     precision: str
 
-    def _pixels(self, images_or_pixels, num_threads):
-        if isinstance(images_or_pixels, np.ndarray) and images_or_pixels.ndim == 4:
-            return images_or_pixels
+    def _encode(self, images_or_pixels, width, normalize, batch_size, num_threads, on_error="raise",
+                show_progress_bar=None, forward=None, check=None):
+        """Embeddings of preprocessed pixels (in slices of ``batch_size``), or of images read
+        and preprocessed ``batch_size`` at a time, so that memory is bounded by a batch and
+        not by the number of images. ``forward(pixels, threads)`` encodes one batch (default:
+        the tower's encode); ``check(pixels)`` validates a pixel array or batch. Returns
+        ``(embeddings, kept)`` unless ``on_error='raise'``."""
+        batch_size = _batch_size(batch_size)
+        _check_on_error(on_error)
+        threads = _args.threads(num_threads)
+        if forward is None:
+            def forward(pixels, threads):
+                return self._vit.encode(pixels, precision=self.precision, num_threads=threads)
         if isinstance(images_or_pixels, (str, bytes, os.PathLike)) or (
             isinstance(images_or_pixels, np.ndarray) and images_or_pixels.ndim == 3
         ):
             raise TypeError("expected a list of images or an (N, 3, S, S) array; wrap a single image in a list")
-        return images.preprocess(list(images_or_pixels), self.transform, num_threads=num_threads)
-
-    def _encode(self, images_or_pixels, width, normalize, batch_size, num_threads, **kwargs) -> np.ndarray:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        threads = _args.threads(num_threads)
-        pixels = self._pixels(images_or_pixels, num_threads)
-        out = [self._vit.encode(pixels[i:i + batch_size], precision=self.precision, num_threads=threads, **kwargs)
-               for i in range(0, len(pixels), batch_size)]
+        is_pixels = isinstance(images_or_pixels, np.ndarray) and images_or_pixels.ndim == 4
+        if is_pixels and check is not None:
+            check(images_or_pixels)
+        bar = _progress_bar(show_progress_bar, _length(images_or_pixels), "images", type(self).__name__)
+        out, kept = [], []
+        try:
+            if is_pixels:
+                pixels = images_or_pixels
+                for i in range(0, len(pixels), batch_size):
+                    out.append(forward(pixels[i:i + batch_size], threads))
+                    if bar is not None:
+                        bar.update(len(out[-1]))
+                kept.append(np.arange(len(pixels), dtype=np.int64))
+            else:
+                self._stream(iter(images_or_pixels), batch_size, num_threads, threads, on_error, forward, check,
+                             bar, out, kept)
+        finally:
+            if bar is not None:
+                bar.close()
         emb = np.concatenate(out) if out else np.empty((0, width), np.float32)
-        return _normalize(emb) if normalize else emb
+        emb = _normalize(emb) if normalize else emb
+        if on_error == "raise":
+            return emb
+        return emb, (np.concatenate(kept) if kept else np.empty(0, np.int64))
+
+    def _stream(self, it, batch_size, num_threads, threads, on_error, forward, check, bar, out, kept):
+        """Reads ``batch_size`` images at a time from ``it``, preprocesses them and encodes
+        full batches of ``batch_size`` readable images (the last may be short), so the batches
+        are those of preprocessing everything first; appends to ``out`` and ``kept``."""
+        pending: list[np.ndarray] = []  # preprocessed images not yet encoded (fewer than batch_size)
+        start = failed = 0
+        while True:
+            chunk = list(itertools.islice(it, batch_size))
+            if not chunk:
+                break
+            pixels, good = images.preprocess(chunk, self.transform, num_threads=num_threads, progress=False,
+                                             on_error=_offset_handler(on_error, start))
+            kept.append(good + start)
+            failed += len(chunk) - len(good)
+            start += len(chunk)
+            if pending:
+                pixels = np.concatenate(pending + [pixels])
+                pending = []
+            full = len(pixels) - len(pixels) % batch_size
+            for i in range(0, full, batch_size):
+                batch = pixels[i:i + batch_size]
+                if check is not None:
+                    check(batch)
+                out.append(forward(batch, threads))
+            if full < len(pixels):
+                pending.append(pixels[full:])
+            if bar is not None:
+                bar.update(len(chunk))
+                if failed:
+                    bar.set_postfix(failed=failed)
+        if pending:
+            batch = np.concatenate(pending)
+            if check is not None:
+                check(batch)
+            out.append(forward(batch, threads))
 
 
 class CLIP(_VisionTower):
@@ -655,22 +801,44 @@ class CLIP(_VisionTower):
         return self._tokenizer
 
     def encode_image(self, images_or_pixels, normalize: bool = True, batch_size: int = 32,
-                     num_threads: int | None = None) -> np.ndarray:
-        """Image embeddings, ``(N, E)`` float32.
+                     num_threads: int | None = None,
+                     on_error: str | Callable[[int, Exception], object] = "raise",
+                     show_progress_bar: bool | None = None):
+        """Image embeddings, ``(N, E)`` float32; ``(embeddings, kept)`` unless
+        ``on_error='raise'``.
 
         Parameters
         ----------
-        images_or_pixels : list of images or (N, 3, S, S) array
-            Anything :func:`megapairs.images.preprocess` takes (preprocessed with this model's
-            transform), or pixels already preprocessed.
+        images_or_pixels : iterable of images or (N, 3, S, S) array
+            Images as :func:`megapairs.images.preprocess` takes them (preprocessed with this
+            model's transform), or pixels already preprocessed.
+            An iterable of images (a list, or a generator) is read, preprocessed and
+            encoded ``batch_size`` images at a time, so memory is bounded by a batch.
         normalize : bool
             L2-normalise the rows; False returns transformers' ``get_image_features``.
         batch_size : int
-            Images per forward pass (bounds the activation memory).
+            Images per forward pass (bounds the activation and preprocessing memory).
         num_threads : int, optional
             Threads for this call; default :func:`megapairs.get_num_threads`.
+        on_error : {'raise', 'skip'} or callable
+            For images that cannot be read: 'raise' raises the first one's error, naming its
+            index in ``images_or_pixels``; 'skip' leaves them out and returns
+            ``(embeddings, kept)``, ``kept`` the int64 indices of the embedded images; a
+            callable ``on_error(index, exc)`` is called once for each (global index, the
+            exception saying what is wrong) and the return is ``(embeddings, kept)`` too (see
+            :func:`megapairs.images.preprocess`). Pixel arrays are never skipped
+            (``kept`` is all of them).
+        show_progress_bar : bool, optional
+            A tqdm bar on stderr (images per second, and the ETA when the number of images is
+            known); by default only for more than 2048 images.
+
+        Returns
+        -------
+        embeddings : (N, E) float32
+        kept : (N,) int64, only with ``on_error='skip'`` or a callable
         """
-        return self._encode(images_or_pixels, self.embed_dim, normalize, batch_size, num_threads)
+        return self._encode(images_or_pixels, self.embed_dim, normalize, batch_size, num_threads, on_error,
+                            show_progress_bar)
 
     def tokenize(self, texts) -> np.ndarray:
         """``(N, context_length)`` int64 token ids for a list of texts (open_clip.tokenize)."""
@@ -683,7 +851,7 @@ class CLIP(_VisionTower):
                              "load a CLIPModel or an OpenCLIP checkpoint for texts")
 
     def encode_text(self, texts_or_ids, normalize: bool = True, batch_size: int = 256,
-                    num_threads: int | None = None) -> np.ndarray:
+                    num_threads: int | None = None, show_progress_bar: bool | None = None) -> np.ndarray:
         """Text embeddings, ``(N, E)`` float32.
 
         Parameters
@@ -699,6 +867,9 @@ class CLIP(_VisionTower):
             Texts per forward pass.
         num_threads : int, optional
             Threads for this call; default :func:`megapairs.get_num_threads`.
+        show_progress_bar : bool, optional
+            A tqdm bar on stderr (texts per second, ETA); by default only for more than 2048
+            texts.
         """
         self._require_text()
         batch_size = _batch_size(batch_size)
@@ -714,10 +885,17 @@ class CLIP(_VisionTower):
             ids = self.tokenize(texts_or_ids)
         ids = ids.astype(np.int64, copy=False)
         out = []
-        for i in range(0, len(ids), batch_size):
-            chunk = ids[i:i + batch_size]
-            packed, offsets = _pack(chunk, _pool_positions(chunk, c["eos_token_id"]) + 1)
-            out.append(self._text.encode(packed, offsets, precision=self.precision, num_threads=threads))
+        bar = _progress_bar(show_progress_bar, len(ids), "texts", type(self).__name__)
+        try:
+            for i in range(0, len(ids), batch_size):
+                chunk = ids[i:i + batch_size]
+                packed, offsets = _pack(chunk, _pool_positions(chunk, c["eos_token_id"]) + 1)
+                out.append(self._text.encode(packed, offsets, precision=self.precision, num_threads=threads))
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
         emb = np.concatenate(out) if out else np.empty((0, self.embed_dim), np.float32)
         return _normalize(emb) if normalize else emb
 
@@ -728,12 +906,19 @@ class CLIP(_VisionTower):
 
         Parameters
         ----------
-        images_or_pixels : list of images or (N, 3, S, S) array
-            As :meth:`encode_image` takes them.
+        images_or_pixels : iterable of images or (N, 3, S, S) array
+            As :meth:`encode_image` takes them (images are read ``batch_size`` at a time);
+            every image must be readable.
         texts_or_ids : list of str or (N, T) integer array
             As :meth:`encode_text` takes them; the same N.
         """
         self._require_text()
+        images_sized = isinstance(images_or_pixels, (list, tuple)) or (
+            isinstance(images_or_pixels, np.ndarray) and images_or_pixels.ndim == 4)
+        if images_sized and isinstance(texts_or_ids, (list, tuple, np.ndarray)) \
+                and len(images_or_pixels) != len(texts_or_ids):  # before encoding anything
+            raise ValueError(f"encode_composed needs one text per image, got {len(images_or_pixels)} images "
+                             f"and {len(texts_or_ids)} texts")
         image = self.encode_image(images_or_pixels, normalize=False, batch_size=batch_size, num_threads=num_threads)
         text = self.encode_text(texts_or_ids, normalize=False, num_threads=num_threads)
         if len(image) != len(text):
@@ -789,29 +974,61 @@ class DINOv2(_VisionTower):
         return self._positions[grid]
 
     def encode(self, images_or_pixels, pooling: str = "cls", normalize: bool = True, batch_size: int = 32,
-               num_threads: int | None = None) -> np.ndarray:
-        """Image embeddings, ``(N, D)`` float32 (``(N, 2D)`` for ``'cls+mean'``).
+               num_threads: int | None = None, on_error: str | Callable[[int, Exception], object] = "raise",
+               show_progress_bar: bool | None = None):
+        """Image embeddings, ``(N, D)`` float32 (``(N, 2D)`` for ``'cls+mean'``);
+        ``(embeddings, kept)`` unless ``on_error='raise'``.
 
         Parameters
         ----------
-        images_or_pixels : list of images or (N, 3, S, S) array
-            Anything :func:`megapairs.images.preprocess` takes (preprocessed with this model's
-            transform), or pixels already preprocessed (any S >= patch size).
+        images_or_pixels : iterable of images or (N, 3, S, S) array
+            Images as :func:`megapairs.images.preprocess` takes them (preprocessed with this
+            model's transform), or pixels already preprocessed (any S >= patch size).
+            An iterable of images (a list, or a generator) is read, preprocessed and
+            encoded ``batch_size`` images at a time, so memory is bounded by a batch.
         pooling : {'cls', 'cls+mean', 'mean'}
             'cls': the class token after the final LayerNorm (transformers' ``pooler_output``);
             'mean': the mean of the patch tokens after it (class and registers excluded);
             'cls+mean': both concatenated, the DINOv2 linear-probe features.
         normalize : bool
             L2-normalise the rows (after concatenation for 'cls+mean').
+        batch_size : int
+            Images per forward pass (bounds the activation and preprocessing memory).
+        num_threads : int, optional
+            Threads for this call; default :func:`megapairs.get_num_threads`.
+        on_error : {'raise', 'skip'} or callable
+            For images that cannot be read: 'raise' raises the first one's error, naming its
+            index in ``images_or_pixels``; 'skip' leaves them out and returns
+            ``(embeddings, kept)``, ``kept`` the int64 indices of the embedded images; a
+            callable ``on_error(index, exc)`` is called once for each (global index, the
+            exception saying what is wrong) and the return is ``(embeddings, kept)`` too (see
+            :func:`megapairs.images.preprocess`). Pixel arrays are never skipped
+            (``kept`` is all of them).
+        show_progress_bar : bool, optional
+            A tqdm bar on stderr (images per second, and the ETA when the number of images is
+            known); by default only for more than 2048 images.
+
+        Returns
+        -------
+        embeddings : (N, D) or (N, 2D) float32
+        kept : (N,) int64, only with ``on_error='skip'`` or a callable
         """
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        pixels = self._pixels(images_or_pixels, num_threads)
-        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3]:
-            raise ValueError(f"pixels must be (N, 3, S, S), got {pixels.shape}")
+
+        def check(pixels):
+            if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[2] != pixels.shape[3]:
+                raise ValueError(f"pixels must be (N, 3, S, S), got {pixels.shape}")
+
+        def forward(pixels, threads):
+            size = pixels.shape[2]
+            positions = self.positions(size) if size >= self.config["patch_size"] else None
+            return self._vit.encode(pixels, precision=self.precision, num_threads=threads, pooling=pooling,
+                                    positions=positions)
+
         width = self.embed_dim * (2 if pooling == "cls+mean" else 1)
-        positions = self.positions(pixels.shape[2]) if pixels.shape[2] >= self.config["patch_size"] else None
-        return self._encode(pixels, width, normalize, batch_size, num_threads, pooling=pooling, positions=positions)
+        return self._encode(images_or_pixels, width, normalize, batch_size, num_threads, on_error, show_progress_bar,
+                            forward=forward, check=check)
 
 
 # --------------------------------------------------------------------------- sentence encoders
@@ -948,7 +1165,7 @@ class SentenceEncoder:
         return self.config["width"]
 
     def encode(self, texts, normalize: bool | None = None, batch_size: int = 64,
-               num_threads: int | None = None) -> np.ndarray:
+               num_threads: int | None = None, show_progress_bar: bool | None = None) -> np.ndarray:
         """Sentence embeddings, ``(N, D)`` float32.
 
         Parameters
@@ -961,6 +1178,9 @@ class SentenceEncoder:
             Texts per forward pass.
         num_threads : int, optional
             Threads for this call; default :func:`megapairs.get_num_threads`.
+        show_progress_bar : bool, optional
+            A tqdm bar on stderr (texts per second, ETA), as sentence-transformers'
+            argument of that name; by default only for more than 2048 texts.
         """
         texts = _text_list(texts)
         if self.lowercase:
@@ -968,11 +1188,18 @@ class SentenceEncoder:
         batch_size = _batch_size(batch_size)
         threads = _args.threads(num_threads)
         out = []
-        for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[i:i + batch_size], max_length=self.max_seq_length)
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-            packed, offsets = _pack(ids, mask.sum(axis=1))
-            out.append(self._text.encode(packed, offsets, pooling=self.pooling, precision=self.precision,
-                                         num_threads=threads))
+        bar = _progress_bar(show_progress_bar, len(texts), "texts", type(self).__name__)
+        try:
+            for i in range(0, len(texts), batch_size):
+                batch = self.tokenizer(texts[i:i + batch_size], max_length=self.max_seq_length)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                packed, offsets = _pack(ids, mask.sum(axis=1))
+                out.append(self._text.encode(packed, offsets, pooling=self.pooling, precision=self.precision,
+                                             num_threads=threads))
+                if bar is not None:
+                    bar.update(len(ids))
+        finally:
+            if bar is not None:
+                bar.close()
         emb = np.concatenate(out) if out else np.empty((0, self.embed_dim), np.float32)
         return _normalize(emb) if (self.normalize if normalize is None else normalize) else emb

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -202,7 +202,7 @@ def preprocess(
     *,
     exact: bool = True,
     num_threads: int | None = None,
-    on_error: str = "raise",
+    on_error: str | Callable[[int, Exception], object] = "raise",
     apply_exif: bool = False,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
     progress: bool | None = None,
@@ -222,10 +222,16 @@ def preprocess(
         on large photos, within a few uint8 levels (docs/numerics.md).
     num_threads : int, optional
         Threads (images are processed in parallel); default :func:`megapairs.get_num_threads`.
-    on_error : {'raise', 'skip'}
+    on_error : {'raise', 'skip'} or callable
         'raise' raises for the first unreadable image, naming its index. 'skip' leaves
         unreadable images out and returns ``(batch, kept)`` where ``kept`` holds the indices
-        of the images in ``batch``.
+        of the images in ``batch``. A callable ``on_error(index, exc)`` is called once for
+        each unreadable image, with its index in ``images`` and the exception saying what is
+        wrong with it (``megapairs.FormatError`` for data that does not decode,
+        ``FileNotFoundError`` for a missing path, ``ValueError`` / ``TypeError`` for an item
+        that is not an image); the message does not repeat the index. Otherwise it behaves
+        like 'skip' and returns ``(batch, kept)``. It is called in index order within each
+        block of 256 images; an exception it raises propagates.
     apply_exif : bool
         Rotate/flip by the EXIF orientation tag first (off by default, like the processors).
     max_pixels : int or None
@@ -236,11 +242,11 @@ def preprocess(
     Returns
     -------
     batch : (N, 3, crop_h, crop_w) float32
-    kept : (N,) int64, only with ``on_error='skip'``
+    kept : (N,) int64, only with ``on_error='skip'`` or a callable
     """
     t = _transform(transform)
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if not callable(on_error) and on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise', 'skip' or a callable, got {on_error!r}")
     threads, limit = _args.threads(num_threads), _max_pixels(max_pixels)
     items = list(images)
     if progress is None:
@@ -270,6 +276,10 @@ def preprocess(
             if on_error == "raise" and not ok.all():
                 j = int(np.argmin(ok))
                 raise _core.FormatError(f"image {index[j]}: {messages[j]}")
+            if callable(on_error):
+                failures.update((index[j], _core.FormatError(messages[j])) for j in np.flatnonzero(~ok))
+                for i in sorted(failures):
+                    on_error(i, failures[i])
             batches.append(out if ok.all() else out[ok])
             kept.extend(i for i, good in zip(index, ok) if good)
             if bar is not None:
@@ -281,6 +291,6 @@ def preprocess(
             bar.close()
     h, w = t.crop_size
     batch = np.concatenate(batches) if batches else np.empty((0, 3, h, w), np.float32)
-    if on_error == "skip":
+    if on_error != "raise":  # 'skip' or a callable
         return batch, np.asarray(kept, dtype=np.int64)
     return batch
