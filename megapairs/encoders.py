@@ -35,7 +35,6 @@ import json
 import math
 import operator
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +51,16 @@ _TEXT_CLIP, _TEXT_BERT = 0, 1
 POOLINGS = ("cls", "cls+mean", "mean")
 
 
-# huggingface_hub's repo id rule (utils.validate_repo_id): 'name' or 'owner/name', ASCII
-# letters, digits, '-', '_', '.', not starting or ending with '-' or '.', at most 96 each
-_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", re.ASCII)
+def _could_be_hub_id(text: str) -> bool:
+    """Whether ``text`` has the form of a Hugging Face repository id: ``name`` or
+    ``owner/name``, each part 1-96 ASCII letters, digits, '-', '_' or '.', neither starting nor
+    ending with '-' or '.', and no '--' or '..' anywhere."""
+    parts = text.split("/")
+    if not 1 <= len(parts) <= 2 or "--" in text or ".." in text or text.endswith(".git"):
+        return False
+    allowed = set("-_.")
+    return all(0 < len(p) <= 96 and p.isascii() and all(c.isalnum() or c in allowed for c in p)
+               and p[0] not in "-." and p[-1] not in "-." for p in parts)
 
 
 def _looks_local(text: str) -> bool:
@@ -64,9 +70,7 @@ def _looks_local(text: str) -> bool:
         return True
     if text.count(os.sep) > 1 or (os.altsep is not None and text.count(os.altsep) > 1):
         return True
-    is_hub_id = (_HUB_ID.fullmatch(text) is not None and "--" not in text and ".." not in text
-                 and not text.endswith(".git"))
-    return not is_hub_id
+    return not _could_be_hub_id(text)
 
 
 def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> Path:
