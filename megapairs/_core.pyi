@@ -39,6 +39,31 @@ def matmul_nt(
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...  # (M, N) = a @ b.T
 
+def knn_search(
+    queries: npt.NDArray[np.float32],  # (Q, E), C-contiguous
+    corpus: npt.NDArray[np.float32],  # (N, E), C-contiguous (a memmap streams)
+    k: int,
+    lo: float = ...,  # -inf: plain top-k; else only lo < s < hi
+    hi: float = ...,
+    *,
+    exclude_self: bool = False,
+    precision: str = "bf16",
+    exact: bool = True,
+    num_threads: int = 0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], int]: ...  # scores (Q, k), indices (Q, k), rows rescored
+def infonce(
+    q: npt.NDArray[np.float32],  # (B, E)
+    c: npt.NDArray[np.float32],  # (N, E)
+    positives: npt.NDArray[np.int64],  # (B,) index into c of each query's positive
+    ids: npt.NDArray[np.int64] | None,  # (N,) candidate ids; equal ids to the positive are masked
+    temperature: float,
+    *,
+    grad: bool = True,
+    precision: str = "fp32",
+    num_threads: int = 0,
+) -> tuple[float, npt.NDArray[np.float32] | None, npt.NDArray[np.float32] | None, float,
+           npt.NDArray[np.float32]]: ...  # loss, dq (B, E), dc (N, E), dtau, row_loss (B,)
+
 class SafetensorsReader:
     def __init__(self, path: str | bytes | PathLike[str]) -> None: ...
     def keys(self) -> list[str]: ...
