@@ -119,8 +119,11 @@ def _exif_orientation(data: bytes) -> int:
         return int(im.getexif().get(0x0112, 1))
 
 
-def _pil_to_rgb(im, apply_exif: bool, max_pixels: int) -> np.ndarray:
-    from PIL import ImageOps
+def _pil_to_rgb(im, apply_exif: bool, max_pixels: int, on_white: bool = False) -> np.ndarray:
+    """RGB pixels of a PIL image. ``on_white``: transparent images are composited over
+    white first, as the transformers processors do (``convert_to_rgb``); otherwise the alpha
+    channel is dropped, as ``Image.convert("RGB")`` does."""
+    from PIL import Image, ImageOps
 
     if max_pixels and im.width * im.height > max_pixels:
         raise _core.FormatError(
@@ -128,16 +131,19 @@ def _pil_to_rgb(im, apply_exif: bool, max_pixels: int) -> np.ndarray:
         )
     if apply_exif:
         im = ImageOps.exif_transpose(im)
+    if on_white and ("A" in im.getbands() or im.info.get("transparency") is not None):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return np.asarray(im.convert("RGB"))
 
 
-def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int) -> np.ndarray:
+def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int, on_white: bool = False) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.seek(0)  # the first frame of an animation
-            return _pil_to_rgb(im, apply_exif, max_pixels)
+            return _pil_to_rgb(im, apply_exif, max_pixels, on_white)
     except _core.FormatError:
         raise
     except UnidentifiedImageError:
@@ -146,8 +152,9 @@ def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int) -> np.nd
         raise _core.FormatError(f"cannot decode image: {exc}") from None
 
 
-def _prepare(item, apply_exif: bool, max_pixels: int):
-    """JPEG bytes for the core, or an (H, W, 3) uint8 array; raises for unreadable items."""
+def _prepare(item, apply_exif: bool, max_pixels: int, on_white: bool = False):
+    """JPEG bytes for the core, or an (H, W, 3) uint8 array; raises for unreadable items.
+    ``on_white`` composites transparent images over white (see :func:`_pil_to_rgb`)."""
     if isinstance(item, (str, os.PathLike)):
         with open(item, "rb") as f:
             item = f.read()
@@ -157,7 +164,7 @@ def _prepare(item, apply_exif: bool, max_pixels: int):
             return data
         if not data:
             raise _core.FormatError("empty input (0 bytes)")
-        return _decode_with_pillow(data, apply_exif, max_pixels)
+        return _decode_with_pillow(data, apply_exif, max_pixels, on_white)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
             raise ValueError(f"pixel arrays must be uint8 (H, W, 3) or (H, W), got dtype {item.dtype}")
@@ -173,7 +180,7 @@ def _prepare(item, apply_exif: bool, max_pixels: int):
     except ImportError:  # pragma: no cover - Pillow is a dependency
         Image = None
     if Image is not None and isinstance(item, Image.Image):
-        return _pil_to_rgb(item, apply_exif, max_pixels)
+        return _pil_to_rgb(item, apply_exif, max_pixels, on_white)
     raise TypeError(f"cannot read an image from {type(item).__name__}: pass bytes, a path, a PIL image or an array")
 
 
@@ -212,7 +219,9 @@ def preprocess(
     Parameters
     ----------
     images : sequence of bytes, paths, PIL images or ``(H, W, 3)`` uint8 arrays
-        Mixed freely. JPEG is decoded in C; other formats through Pillow.
+        Mixed freely. JPEG is decoded in C; other formats through Pillow. Transparent
+        images (RGBA, LA, palette with transparency) are composited over white, as the
+        transformers processors do; :func:`decode` keeps Pillow's ``convert("RGB")``.
     transform : 'clip', 'clip-336', 'dinov2' or Transform
         See :data:`PRESETS`.
     exact : bool
@@ -262,7 +271,7 @@ def preprocess(
             prepared, index, failures = [], [], {}
             for i in range(start, min(start + _CHUNK, len(items))):
                 try:
-                    prepared.append(_prepare(items[i], apply_exif, limit))
+                    prepared.append(_prepare(items[i], apply_exif, limit, on_white=True))
                     index.append(i)
                 except (_core.FormatError, OSError, ValueError, TypeError) as exc:
                     if on_error == "raise":

@@ -376,3 +376,18 @@ def test_ycck_jpeg_equals_pillow(small_photo):
     assert np.array_equal(mp.images.decode(data), want)
     expected = clip_processor()(Image.fromarray(want), return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(mp.images.preprocess([data]), expected)
+
+
+def test_transparent_png_is_composited_on_white_as_transformers_does():
+    """tuxpaint stamps are RGBA PNGs; transformers' processors composite them over white
+    (convert_to_rgb) before resizing, while decode keeps Pillow's convert("RGB")."""
+    stamps = sorted(glob.glob("/usr/share/tuxpaint/stamps/animals/birds/*.png"))[:4]
+    assert stamps, "install the Debian package tuxpaint-stamps-default (make system-deps)"
+    with Image.open(stamps[0]) as im:
+        assert "A" in im.getbands()
+        np.testing.assert_array_equal(mp.images.decode(stamps[0]), np.asarray(im.convert("RGB")))
+    images = [Image.open(p) for p in stamps]
+    want = clip_processor()(images, return_tensors="np")["pixel_values"]
+    got = mp.images.preprocess(stamps, "clip")
+    # within one uint8 level after normalisation (the contract for the exact path)
+    assert np.abs(got - want).max() <= 1 / 255 / min(mp.images.OPENAI_CLIP_STD) + 1e-6
