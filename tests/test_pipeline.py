@@ -86,20 +86,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 def write_config(path: Path, corpus: Path, models: dict[str, Path] | None = None, **sections) -> Path:
     """A config with the caption space (real MiniLM) and, given models, the two tiny image
-    spaces with wide bands (random weights)."""
-    spaces = [f'[[spaces]]\nname = "caption"\nkind = "caption"\nmodel = "{minilm_dir()}"\nband = [0.3, 0.95]\n']
+    spaces with wide bands (random weights); ``sections`` update its tables."""
+    import tomli_w
+
+    spaces = [{"name": "caption", "kind": "caption", "model": str(minilm_dir()), "band": [0.3, 0.95]}]
     if models:
-        spaces.append(f'[[spaces]]\nname = "clip_image"\nkind = "clip_image"\nmodel = "{models["clip"]}"\n'
-                      'band = [-1.0, 0.9999]\n')
-        spaces.append(f'[[spaces]]\nname = "dino"\nkind = "dinov2"\nmodel = "{models["dino"]}"\n'
-                      'band = [-1.0, 0.9999]\n')
-    text = f'[corpus]\npath = "{corpus}"\n\n' + "\n".join(spaces)
-    text += '\n[encode]\nbatch_size = 8\n\n[mining]\nk = 10\ntargets_per_query = 3\nhard_negatives = 4\n'
-    text += '\n[export]\nshard_max_count = 16\n'
+        spaces += [{"name": "clip_image", "kind": "clip_image", "model": str(models["clip"]), "band": [-1.0, 0.9999]},
+                   {"name": "dino", "kind": "dinov2", "model": str(models["dino"]), "band": [-1.0, 0.9999]}]
+    config = {"corpus": {"path": str(corpus)}, "spaces": spaces, "encode": {"batch_size": 8},
+              "mining": {"k": 10, "targets_per_query": 3, "hard_negatives": 4}, "export": {"shard_max_count": 16}}
     for name, values in sections.items():
-        text += f"\n[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+        config.setdefault(name, {}).update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(tomli_w.dumps(config))
     return path
 
 
@@ -471,9 +470,9 @@ def test_user_errors_are_one_line(tmp_path, corpus, case):
         args += [out, "-c", config, "--set", "spaces.caption.band=[0.9,0.1]"]
         expect = "band"
     elif case == "unknown-key":
-        config.write_text(config.read_text() + "\n[mining]\nbnad = 1\n")
+        config.write_text(config.read_text() + "\n[annotate]\nannotatr = \"openai\"\n")
         args += [out, "-c", config]
-        expect = "mining"
+        expect = "unknown setting annotate.annotatr"
     elif case in ("absolute-key", "dotdot-key", "duplicate-key"):
         listing = tmp_path / "list.csv"
         first = next(corpus.rglob("*.png")).relative_to(corpus).as_posix()
@@ -544,3 +543,91 @@ def test_template_instructions_are_valid_and_deterministic():
     result = template.annotate_template(journal_pairs, {"a.png": "A cat.", "b.png": "A black cat asleep."})
     assert len(result.records) == 1 and result.failures[0]["stage"] == "caption"
     assert "c.png" in result.failures[0]["reason"]
+
+
+# --------------------------------------------------------------------------- against a server
+
+
+@pytest.fixture
+def chat_server():
+    """A chat-completions server on 127.0.0.1: one image -> a caption chosen by the image's
+    bytes; two images -> a description of the pair; text alone -> a JSON list of instructions.
+    Records what it was asked."""
+    import base64
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = {"caption": [], "mllm": 0, "llm": 0}
+    colours, things = ("red", "blue", "green", "yellow"), ("bird", "flower", "fruit", "animal")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            content = body["messages"][0]["content"]
+            if isinstance(content, list):
+                images = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in content
+                          if p["type"] == "image_url"]
+                if len(images) == 1:
+                    h = hashlib.sha256(images[0]).digest()
+                    asked["caption"].append(body["model"])
+                    text = f"A photo of a {colours[h[0] % 4]} {things[h[1] % 4]} seen from the side."
+                else:
+                    asked["mllm"] += 1
+                    text = ("Both images show a small object on a plain background. However, the Source Image "
+                            "shows it from the left, whereas the Target Image shows it from the right.")
+            else:
+                asked["llm"] += 1
+                text = json.dumps(["Show the same object from the other side.", "Turn it around to face right.",
+                                   "The same object, seen from its right."])
+            payload = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                               "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_mllm_captions_and_server_annotation(tmp_path, corpus, chat_server):
+    url, asked = chat_server
+    images = tmp_path / "nocaptions"
+    for p in sorted(corpus.rglob("*.png"))[:30]:
+        dest = images / p.relative_to(corpus)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest)  # the images alone: captions come from the server
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "c.toml", images,
+                          caption={"api_base": url, "model": "fake-vlm", "concurrency": 2},
+                          annotate={"annotator": "openai", "api_base": url, "mllm_model": "fake-vlm",
+                                    "llm_model": "fake-llm", "concurrency": 2})
+    mp.pipeline.build(None, out, config, overrides=["corpus.captions=mllm"], progress=False)
+    m = pq.read_table(Output(out).manifest).to_pydict()
+    readable = [i for i, s in enumerate(m["status"]) if s == "ok"]
+    assert all(m["caption"][i].startswith("A photo of a ") for i in readable)
+    assert len(asked["caption"]) == len(readable) and set(asked["caption"]) == {"fake-vlm"}
+    records = mp.dataset.read_jsonl(Output(out).records_jsonl)
+    pairs = pq.read_table(Output(out).pairs).num_rows
+    assert len(records) == pairs == asked["mllm"] == asked["llm"]
+    assert records[0]["q_text"][0] == "Show the same object from the other side."
+    assert mp.dataset.read_parquet_metadata(Output(out).records_parquet)["annotator"] == "openai"
+    # nothing is asked again on a rerun, not even after the outputs are removed
+    shutil.rmtree(Output(out).dataset)
+    before = (len(asked["caption"]), asked["mllm"])
+    mp.pipeline.build(None, out, config, overrides=["corpus.captions=mllm"], progress=False)
+    assert (len(asked["caption"]), asked["mllm"]) == before
+    assert mp.dataset.read_jsonl(Output(out).records_jsonl) == records

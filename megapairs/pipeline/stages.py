@@ -101,6 +101,9 @@ def _upstream(o: Output, stage: str, fingerprints: dict | None) -> str:
     state = o.read_state(stage)
     if state is None:
         command = stage.split(":")[0]
+        # name the first stage of the chain that has not finished
+        command = next((s for s in STAGES[:STAGES.index(command)] if s != "encode" and o.read_state(s) is None),
+                       command)
         raise StageFailed(f"the {command} stage has not finished in {o.root}: run `megapairs {command}` "
                           f"(or `megapairs build`) first")
     return state["fingerprint"]
@@ -164,7 +167,7 @@ def ingest(out, config=None, *, progress: bool | None = None, fingerprints: dict
     fp = digest("ingest", corpus.digest, dataclasses.asdict(cfg.corpus))
     if o.is_current("ingest", fp):
         return StageResult("ingest", False, fp, o.read_state("ingest")["stats"])
-    check_images(corpus, progress=progress)
+    check_images(corpus, progress=progress, num_threads=_threads(cfg))
     if not corpus.entries:
         raise StageFailed(f"no images found in {corpus.root} (looked for files Pillow can read, recursively)")
     entries = corpus.entries
