@@ -413,16 +413,22 @@ def test_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, corpus, monkey
 # --------------------------------------------------------------------------- other corpora
 
 
-def test_listing_with_caption_column(tmp_path, corpus):
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_listing_with_caption_column(tmp_path, corpus, fmt):
     import csv
 
+    import pyarrow as pa
+
     keys = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.png") if "damaged" not in p.parts)
-    listing = corpus / "listing.csv"
-    with open(listing, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "text"])
-        for k in keys:
-            w.writerow([k, (corpus / k).with_suffix(".txt").read_text().splitlines()[0]])
+    texts = [(corpus / k).with_suffix(".txt").read_text().splitlines()[0] for k in keys]
+    listing = corpus / f"listing.{fmt}"
+    if fmt == "csv":
+        with open(listing, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "text"])
+            w.writerows(zip(keys, texts))
+    else:
+        pq.write_table(pa.table({"path": keys, "text": texts}), listing)
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.toml", listing)
     run_cli("build", out, "-c", config, "--no-progress", "--set", "corpus.captions=column", "--set",
