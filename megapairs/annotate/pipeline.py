@@ -231,6 +231,22 @@ class _Worker:
                         "demonstrations": [d.id for d in demos], "mllm_calls": mllm_calls, "llm_calls": calls}
 
 
+def outcomes(pairs: Sequence[dict], state: JournalState) -> tuple[list[dict], list[dict]]:
+    """The records of the pairs a journal holds as done and the failures of those it holds
+    as failed, in the order of ``pairs``."""
+    records, failures = [], []
+    for p in pairs:
+        key = (p["q_img"], p["t_img"])
+        if key in state.done:
+            records.append({"q_img": p["q_img"], "q_text": list(state.done[key]["q_text"]), "t_img": p["t_img"],
+                            "hns": p["hns"]})
+        elif key in state.failed:
+            e = state.failed[key]
+            failures.append({"q_img": p["q_img"], "t_img": p["t_img"], "stage": e["stage"], "reason": e["reason"],
+                             "status": e.get("status")})
+    return records, failures
+
+
 def annotate(
     pairs,
     images,
@@ -434,17 +450,7 @@ def annotate(
             backend.close()
 
     seconds = time.monotonic() - t0
-    state = jr.state
-    records, failures = [], []
-    for p in todo_pairs:
-        key = (p["q_img"], p["t_img"])
-        if key in state.done:
-            records.append({"q_img": p["q_img"], "q_text": list(state.done[key]["q_text"]), "t_img": p["t_img"],
-                            "hns": p["hns"]})
-        elif key in state.failed:
-            e = state.failed[key]
-            failures.append({"q_img": p["q_img"], "t_img": p["t_img"], "stage": e["stage"], "reason": e["reason"],
-                             "status": e.get("status")})
+    records, failures = outcomes(todo_pairs, jr.state)
     stats = {
         "pairs": len(todo_pairs),
         "done": len(records),

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 from .journal import Journal
 from .parsing import validate_instructions
-from .pipeline import AnnotationResult, _input_pairs
+from .pipeline import AnnotationResult, _input_pairs, outcomes
 
 __all__ = ["TEMPLATE_VERSION", "annotate_template", "instructions"]
 
@@ -171,17 +171,7 @@ def annotate_template(
                 bar.close()
     finally:
         jr.close()
-    state = jr.state
-    records, failures = [], []
-    for p in todo_pairs:
-        key = (p["q_img"], p["t_img"])
-        if key in state.done:
-            records.append({"q_img": p["q_img"], "q_text": list(state.done[key]["q_text"]), "t_img": p["t_img"],
-                            "hns": p["hns"]})
-        elif key in state.failed:
-            e = state.failed[key]
-            failures.append({"q_img": p["q_img"], "t_img": p["t_img"], "stage": e["stage"], "reason": e["reason"],
-                             "status": e.get("status")})
+    records, failures = outcomes(todo_pairs, jr.state)
     seconds = time.monotonic() - t0
     stats = {"pairs": len(todo_pairs), "done": len(records), "failed": len(failures), "asked": new_done + new_failed,
              "new_done": new_done, "new_failed": new_failed, "seconds": seconds}

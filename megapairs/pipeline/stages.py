@@ -646,6 +646,7 @@ def export(out, config=None, *, progress: bool | None = None, fingerprints: dict
     built beside the old one and swapped in whole."""
     from .. import dataset
     from ..annotate import read_journal
+    from ..annotate.pipeline import outcomes
 
     t0 = time.monotonic()
     o, cfg = _context(out, config)
@@ -655,12 +656,7 @@ def export(out, config=None, *, progress: bool | None = None, fingerprints: dict
     pairs, keys, _ = _pair_records(o)
     journal = read_journal(o.annotations)
     header = journal.header or {}
-    records = []
-    for p in pairs:
-        done = journal.done.get((p["q_img"], p["t_img"]))
-        if done is not None:
-            records.append({"q_img": p["q_img"], "q_text": list(done["q_text"]), "t_img": p["t_img"],
-                            "hns": p["hns"]})
+    records, _ = outcomes(pairs, journal)
     metadata = {"annotate": header.get("settings", {}), "megapairs_version": header.get("megapairs_version"),
                 "annotator": header.get("settings", {}).get("annotator", "openai")}
     tmp = o.root / ".dataset.tmp"
