@@ -141,13 +141,15 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def _set_manifest_errors(o: Output, errors: dict[int, str]) -> None:
-    """Mark manifest rows as failed (row -> message), keeping every other row as it is."""
-    if not errors:
-        return
+    """Mark manifest rows as failed (row -> message), keeping every other row, and the first
+    message of a row that failed before, as they are."""
     table = read_manifest(o)
     status = table["status"].to_pylist()
     error = table["error"].to_pylist()
-    for row, message in errors.items():
+    fresh = {row: message for row, message in errors.items() if status[row] == "ok"}
+    if not fresh:
+        return
+    for row, message in fresh.items():
         status[row], error[row] = "error", message
     table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
     table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
@@ -395,7 +397,10 @@ def _open_partial(o: Output, name: str, fp: str, shape: tuple[int, int]) -> tupl
 def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, fp: str,
                   progress: bool | None) -> dict:
     keys = table["key"].to_pylist()
-    ok = [s == "ok" for s in table["status"].to_pylist()]
+    # rows an earlier encode marked failed were readable at ingest: they are tried again (and
+    # fail again), so a space encoded after another gives the same result in any order
+    ok = [s == "ok" or (e or "").startswith("encode ") for s, e in
+          zip(table["status"].to_pylist(), table["error"].to_pylist())]
     captions = table["caption"].to_pylist()
     is_text = space.kind == "caption"
     wanted = [ok[i] and (not is_text or bool(captions[i])) for i in range(len(keys))]
@@ -426,7 +431,7 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
                             items.append(load(keys[i]))
                             readable.append(i)
                         except (OSError, KeyError, ValueError) as e:
-                            failed[i] = f"cannot read image: {e}"
+                            failed[i] = f"encode {space.name}: cannot read image: {e}"
                     rows = readable
 
                 def on_error(j, exc, rows=rows):
