@@ -36,17 +36,19 @@ __all__ = [
     "loss",
     "mining",
     "pipeline",
+    "report",
     "set_num_threads",
     "show_config",
     "text",
     "training",
+    "viz",
     "weights",
 ]
 
 
 def __getattr__(name: str):
-    # The pipeline (and the CLI over it) load on first use: `import megapairs` stays fast.
-    if name in ("pipeline", "cli"):
+    # The pipeline, the CLI over it and the pictures load on first use: `import megapairs` stays fast.
+    if name in ("pipeline", "cli", "viz", "report"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
