@@ -376,11 +376,13 @@ class ShardWriteResult:
 def _encode_image(data: bytes, resize, quality: int) -> tuple[bytes, list[int], list[int]]:
     from PIL import Image
 
+    from .images import to_rgb
+
     with Image.open(io.BytesIO(data)) as im:
         original = list(im.size)
         if resize is None and im.format == "JPEG":
             return data, original, original
-        im = im.convert("RGB")
+        im = to_rgb(im)  # transparent images on white, as the processors see them
         if resize is not None:
             im = im.resize(resize, Image.Resampling.BICUBIC)
         buf = io.BytesIO()
@@ -406,7 +408,7 @@ def write_shards(keys: Iterable[str], images: ImageSource, out_dir: PathLike, *,
     extension (``a/0001.png`` -> ``a/0001.jpg``), plus ``<key>.json`` with
     ``{"image": original key, "size": [w, h], "original_size": [w, h]}`` when ``metadata``.
     JPEG inputs are copied byte for byte unless resized; other formats are re-encoded as
-    JPEG. Members carry mtime 0, so the same input gives the same bytes. Each shard is
+    JPEG, transparent images composited over white (as the image processors see them). Members carry mtime 0, so the same input gives the same bytes. Each shard is
     written under a temporary name and renamed when complete.
 
     Parameters

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _args, _core
 
-__all__ = ["MAX_IMAGE_PIXELS", "PRESETS", "Transform", "decode", "preprocess"]
+__all__ = ["MAX_IMAGE_PIXELS", "PRESETS", "Transform", "decode", "preprocess", "to_rgb"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -119,11 +119,21 @@ def _exif_orientation(data: bytes) -> int:
         return int(im.getexif().get(0x0112, 1))
 
 
+def to_rgb(im, on_white: bool = True):
+    """A PIL image as an RGB PIL image. ``on_white``: a transparent image (alpha channel, or
+    a palette with a transparent entry) is composited over white first, as the transformers
+    processors do; otherwise the alpha channel is dropped, as ``Image.convert("RGB")`` does."""
+    from PIL import Image
+
+    if on_white and ("A" in im.getbands() or im.info.get("transparency") is not None):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def _pil_to_rgb(im, apply_exif: bool, max_pixels: int, on_white: bool = False) -> np.ndarray:
-    """RGB pixels of a PIL image. ``on_white``: transparent images are composited over
-    white first, as the transformers processors do (``convert_to_rgb``); otherwise the alpha
-    channel is dropped, as ``Image.convert("RGB")`` does."""
-    from PIL import Image, ImageOps
+    """RGB pixels of a PIL image (``on_white``: see :func:`to_rgb`)."""
+    from PIL import ImageOps
 
     if max_pixels and im.width * im.height > max_pixels:
         raise _core.FormatError(
@@ -131,10 +141,7 @@ def _pil_to_rgb(im, apply_exif: bool, max_pixels: int, on_white: bool = False) -
         )
     if apply_exif:
         im = ImageOps.exif_transpose(im)
-    if on_white and ("A" in im.getbands() or im.info.get("transparency") is not None):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(to_rgb(im, on_white))
 
 
 def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int, on_white: bool = False) -> np.ndarray:

@@ -106,12 +106,11 @@ def thumbnail(data: bytes, size: int = 160) -> np.ndarray:
     """An RGB thumbnail (longer side ``size``), transparent images on white."""
     from PIL import Image
 
+    from .images import to_rgb
+
     with Image.open(io.BytesIO(data)) as im:
         im.seek(0)
-        if "A" in im.getbands() or im.info.get("transparency") is not None:
-            rgba = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        im = im.convert("RGB")
+        im = to_rgb(im)
         im.thumbnail((size, size))
         return np.asarray(im)
 

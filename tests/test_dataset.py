@@ -374,3 +374,21 @@ def test_sampler_rejects_bad_records():
         s[3]
     with pytest.raises(IndexError):
         s[4]
+
+
+def test_transparent_png_goes_into_shards_on_white(tmp_path):
+    """A JPEG cannot hold alpha: transparent pixels become white (Pillow's own compositing),
+    not the colour hidden under them."""
+    from PIL import Image
+
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 0] = 200  # red hidden under full transparency on the left half
+    rgba[:, 30:] = (10, 120, 30, 255)  # opaque green on the right
+    rgba[:20, 30:, 3] = 128  # half transparent band
+    (tmp_path / "img").mkdir()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "img" / "a.png")
+    result = ds.write_shards(["a.png"], tmp_path / "img", tmp_path / "s", metadata=False, quality=100)
+    got = np.asarray(Image.open(io.BytesIO(ds.ShardReader(result.paths)["a.png"])).convert("RGB"), np.float64)
+    white = Image.new("RGBA", (60, 40), (255, 255, 255, 255))
+    want = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB"), np.float64)
+    assert np.abs(got - want).mean() < 2 and got[:, :20].min() > 240  # JPEG at quality 100: within a few levels

@@ -437,7 +437,8 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
                 def on_error(j, exc, rows=rows):
                     failed[rows[j]] = f"encode {space.name}: {exc}"
 
-                out, kept = run(items, batch, threads, on_error) if rows else (np.empty((0, width)), [])
+                forward = batch if is_text else min(batch, cfg.encode.forward_batch)
+                out, kept = run(items, forward, threads, on_error) if rows else (np.empty((0, width)), [])
                 if len(kept):
                     emb[np.asarray(rows)[np.asarray(kept)]] = out
             emb.flush()
@@ -553,10 +554,12 @@ def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict |
     o.write_state("mine", fp, [o.pairs, o.pairs_stats], {"pairs": stats["pairs"], "candidates": int(len(rows)),
                                                           "queries_without_pair": stats["queries_without_pair"]},
                   config={"mining": dataclasses.asdict(cfg.mining), "bands": {s.name: s.band for s in cfg.spaces}})
+    summary = {"pairs": stats["pairs"], "images": int(len(rows)), "queries_without_pair": stats["queries_without_pair"],
+               "pairs_per_space": stats["pairs_per_space"]}
     if stats["pairs"] == 0:
         raise StageFailed("no pair was mined: no two images fall inside a band in any space; widen the bands "
                           "(e.g. --set spaces.<name>.band=[0.5,0.95]) and see pairs.stats.json")
-    return StageResult("mine", True, fp, stats, time.monotonic() - t0)
+    return StageResult("mine", True, fp, summary, time.monotonic() - t0)  # all of it: pairs.stats.json
 
 
 # --------------------------------------------------------------------------- annotate
