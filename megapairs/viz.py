@@ -150,7 +150,9 @@ def show_pairs(result_or_folder, n: int = 8, *, negatives: int = 3, keys: Sequen
     if not chosen:
         raise ValueError("no pairs to show (the table is empty)")
     cols = 2 + negatives
-    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols, 2.9 * len(chosen)), squeeze=False)
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols, 3.0 * len(chosen)), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / len(chosen), bottom=0.3 / len(chosen),
+                        wspace=0.08, hspace=0.55)
     for r, row in enumerate(chosen):
         q, t = view.query[row], view.target[row]
         negs = [h for h in view.negatives[row][1:] if h != q][:negatives]
@@ -171,7 +173,6 @@ def show_pairs(result_or_folder, n: int = 8, *, negatives: int = 3, keys: Sequen
         if text:
             axes[r, 0].text(0, -0.08, "“" + _short(text[0], 60).replace("\n", " ") + "”", fontsize=7,
                             transform=axes[r, 0].transAxes, va="top", ha="left", color="#444444")
-    fig.tight_layout()
     return fig
 
 
