@@ -28,7 +28,7 @@ FUZZ_SECONDS ?= 120
 FUZZ_RUNS ?= 2000000
 FUZZ_JPEG_RUNS ?= 150000
 
-.PHONY: test test-c test-py asan fuzz bench build system-deps clean
+.PHONY: test test-c test-py asan fuzz bench build system-deps clean docs
 
 test: test-c test-py
 
@@ -111,6 +111,21 @@ fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg build/fuzz/fuzz_text
 bench: build
 	$(PY) -m pip install -q "onnxruntime>=1.17" "onnx>=1.15"
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+# The docs extra of pyproject.toml (MkDocs, Material, mkdocstrings, mkdocs-jupyter, ruff),
+# installed without reinstalling megapairs itself; redone when the package metadata changes.
+$(VENV)/.installed-docs: pyproject.toml | $(VENV)/.installed
+	$(PY) -c 'import sys; toml = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); \
+	  print("\n".join(toml.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"]))' \
+	  > $(VENV)/docs-requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/docs-requirements.txt
+	touch $@
+
+# The documentation site (mkdocs.yml) into build/site. --strict: a warning, a broken link or
+# anchor, or a docstring reference that does not resolve fails the build. The CLI reference
+# imports megapairs.cli, hence the built extension.
+docs: build $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d build/site
 
 clean:
 	rm -rf build megapairs/_core*.so

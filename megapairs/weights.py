@@ -93,6 +93,8 @@ class SafetensorsFile:
         A ``.safetensors`` file, a ``*.safetensors.index.json`` index of shards, or a
         directory holding one of them (see :func:`resolve_checkpoint`).
 
+    Notes
+    -----
     Arrays returned by :meth:`get` view the memory-mapped file and stay valid after
     :meth:`close`; the mapping is released when the last of them is. Do not modify or
     truncate a file while it is open: the mapping would see it (as with any mmap).

@@ -80,6 +80,8 @@ class Embedder:
     progress : bool, optional
         Show a tqdm bar; default when more than ``PROGRESS_MIN_ITEMS`` items are encoded.
 
+    Notes
+    -----
     Calling it on a list of items returns ``(N, E)`` float32, one row per item; equal items
     (same image and text) are encoded once.
     """

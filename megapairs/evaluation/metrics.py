@@ -131,7 +131,7 @@ def average_precision_at_k(predictions: Sequence[Hashable], ground_truths: Colle
 
     ``AP@k = sum_{i <= k, hit_i} precision@i / min(#ground truths, k)`` with
     ``precision@i = #hits in the first i / i``. The denominator is ``min(#gt, k)``: neither
-    #gt (which caps AP below 1 when #gt > k) nor #hits (which rewards one lucky hit with
+    ``#gt`` (which caps AP below 1 when ``#gt > k``) nor ``#hits`` (which rewards one lucky hit with
     1.0). A ranking shorter than k is scored as it is.
 
     Parameters
