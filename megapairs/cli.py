@@ -185,7 +185,7 @@ def _write_report(out: Path) -> None:
         return
     from .report import write_report
 
-    click.echo(f"   report: {write_report(out)}")
+    click.echo(f"   report: {write_report(out).resolve()}")
 
 
 @main.command(context_settings=_CONTEXT)

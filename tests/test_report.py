@@ -136,7 +136,7 @@ def test_demo_command_end_to_end(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0] == "demo: no CLIP/DINOv2 weights given (--clip PATH, --dinov2 PATH): mining the caption space alone"
     assert "template baseline" in lines[1]
-    assert lines[-1] == f"   report: {out / 'report' / 'index.html'}"
+    assert lines[-1] == f"   report: {(out / 'report' / 'index.html').resolve()}"
     cfg = mp.pipeline.load_config(out / "megapairs.toml")
     assert [s.kind for s in cfg.spaces] == ["caption"] and cfg.corpus.path == str(STAMPS)
     assert Output(out).records_parquet.is_file() and (out / "report" / "contact_sheet.png").is_file()
