@@ -9,8 +9,8 @@ the mined pairs), and its records are labelled ``"annotator": "template"`` in th
 header and in the dataset metadata. Do not train a model you mean to publish on them.
 
 >>> from megapairs.annotate import template
->>> template.instructions("A red apple on a table.", "A green apple in a bowl.", seed=0)  # doctest: +SKIP
-['Find a green apple in a bowl.', 'Keep the apple, but show it green and in a bowl.', ...]
+>>> template.instructions("A red apple on a table.", "A green apple in a bowl.", seed=0)[:2]
+['Find a green apple in a bowl.', 'I want a green apple in a bowl instead of what is shown here.']
 """
 
 from __future__ import annotations
