@@ -71,6 +71,9 @@ def _summary(stats: dict) -> str:
 
 
 def _report(result) -> None:
+    if result.stage == "caption" and result.stats.get("source", "mllm") != "mllm":
+        click.echo(f"  caption: not needed (captions: {result.stats['source']})")
+        return
     stats = _summary(result.stats)
     if result.ran:
         click.echo(f"{result.stage:>9}: done in {result.seconds:.1f} s" + (f" ({stats})" if stats else ""))
