@@ -689,7 +689,7 @@ def test_journal_torn_tail_corruption_settings_and_lock(tmp_path):
     assert state.torn_tail and list(state.done) == [("a", "b")] and not state.failed and state.lines == 3
     with A.Journal(path, settings) as j:  # tuples and lists compare equal once stored
         assert not path.read_bytes().endswith(b"q_im") and j.state.lines == 3
-    with pytest.raises(ValueError, match=r"other settings \(seed: \{'seed': 1\} there, \{'seed': 2\} now\)"):
+    with pytest.raises(ValueError, match=r"other settings \(seed: 1 there, 2 now\)"):
         A.Journal(path, {"seed": 2, "word_budget": [60, 100]})
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + b"not json\n" + lines[1])

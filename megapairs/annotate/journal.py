@@ -164,10 +164,9 @@ class Journal:
             elif self.state.header.get("settings") != settings:
                 old = self.state.header.get("settings") or {}
                 diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                raise ValueError(
-                    f"journal {self.path} was written with other settings ({', '.join(diff)}: "
-                    f"{ {k: old.get(k) for k in diff} } there, { {k: settings.get(k) for k in diff} } now); "
-                    "use a new journal file for new settings")
+                changes = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+                raise ValueError(f"journal {self.path} was written with other settings ({changes}); "
+                                 "use a new journal file for new settings")
         except BaseException:
             self._file.close()
             raise
