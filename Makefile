@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libturbojpeg0-dev pkg-config clang libclang-rt-14-dev
 # Real photographs for the image tests (see tests/test_images.py); headless Chromium for the
 # report's browser test (tests/test_report.py).
-TEST_DATA_PACKAGES := mate-backgrounds palapeli-data tuxpaint-stamps-default chromium chromium-driver
+TEST_DATA_PACKAGES := mate-backgrounds palapeli-data tuxpaint-stamps-default chromium chromium-driver fonts-liberation
 # `make demo`: the demo corpus and what the extension builds with.
 DEMO_PACKAGES := libturbojpeg0-dev pkg-config tuxpaint-stamps-default
 ONEDNN_PIP := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
