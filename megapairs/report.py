@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import shutil
 from pathlib import Path
 
 __all__ = ["write_report"]
@@ -76,22 +75,28 @@ def write_report(out: str | os.PathLike, n_pairs: int = 24, negatives: int = 3, 
     contact_sheet_pairs : int
         Pairs in ``contact_sheet.png``.
     """
-    import matplotlib
-
     from . import viz
-    from .pipeline import status
     from .pipeline.config import load_config
-    from .pipeline.layout import Output
-
-    import pyarrow.parquet as pq
+    from .pipeline.layout import Output, atomic_folder
 
     o = Output(out)
     view = viz.load_pairs(o.root)
     cfg = load_config(o.config)
     folder = o.root / "report"
-    tmp = o.root / ".report.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "thumbs").mkdir(parents=True)
+    with atomic_folder(folder) as tmp:
+        _write(o, view, cfg, tmp, n_pairs, negatives, thumb, contact_sheet_pairs)
+    return folder / "index.html"
+
+
+def _write(o, view, cfg, tmp: Path, n_pairs: int, negatives: int, thumb: int, contact_sheet_pairs: int) -> None:
+    """The report's files into the empty folder ``tmp``."""
+    import matplotlib
+    import pyarrow.parquet as pq
+
+    from . import viz
+    from .pipeline import status
+
+    (tmp / "thumbs").mkdir()
 
     with matplotlib.rc_context({"figure.dpi": 100}):
         import matplotlib.pyplot as plt
@@ -162,10 +167,3 @@ def write_report(out: str | os.PathLike, n_pairs: int = 24, negatives: int = 3, 
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(o.config.read_text(encoding='utf-8'))}</pre>")
     parts.append("</body></html>\n")
     (tmp / "index.html").write_text("\n".join(parts), encoding="utf-8")
-    old = o.root / ".report.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder / "index.html"

@@ -17,11 +17,12 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DiskFullError", "Output", "atomic_write_bytes", "digest", "disk_errors"]
+__all__ = ["DiskFullError", "Output", "atomic_folder", "atomic_write_bytes", "digest", "disk_errors"]
 
 STATE_VERSION = 1
 
@@ -54,6 +55,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Build a folder whole: yields an empty ``.<name>.tmp`` beside ``path`` to fill, and on a
+    clean exit swaps it in for ``path`` (the old one goes aside, then away). A run killed
+    before the swap leaves ``path`` as it was; the next run starts the temporary anew."""
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 from .. import _core
 from .config import Config, ConfigError, SpaceConfig, apply_overrides, load_config, save_config, validate
 from .ingest import check_images, image_source, manifest_table, scan
-from .layout import Output, atomic_write_json, digest, disk_errors
+from .layout import Output, atomic_folder, atomic_write_json, digest, disk_errors
 
 __all__ = ["STAGES", "StageFailed", "StageResult", "annotate", "build", "caption", "encode", "export", "ingest",
            "mine", "resolve_config", "status"]
@@ -421,6 +420,7 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
     try:
         for lo in range(start, N, chunk):
             rows = [i for i in range(lo, min(lo + chunk, N)) if wanted[i]]
+            step = len(rows)
             if rows:
                 if is_text:
                     items = [captions[i] for i in rows]
@@ -446,7 +446,7 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
                               {"fingerprint": fp, "shape": [N, width], "rows_done": min(lo + chunk, N),
                                "failed": {str(k): v for k, v in failed.items()}})
             if bar is not None:
-                bar.update(len([i for i in range(lo, min(lo + chunk, N)) if wanted[i]]))
+                bar.update(step)
                 if failed:
                     bar.set_postfix(failed=len(failed))
     finally:
@@ -667,12 +667,9 @@ def export(out, config=None, *, progress: bool | None = None, fingerprints: dict
     records, _ = outcomes(pairs, journal)
     metadata = {"annotate": header.get("settings", {}), "megapairs_version": header.get("megapairs_version"),
                 "annotator": header.get("settings", {}).get("annotator", "openai")}
-    tmp = o.root / ".dataset.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     formats = cfg.export.formats
     stats = {"records": len(records), "formats": formats}
-    with disk_errors(str(o.dataset)):
+    with disk_errors(str(o.dataset)), atomic_folder(o.dataset) as tmp:
         if "jsonl" in formats:
             dataset.write_jsonl(records, tmp / o.records_jsonl.name)
         if "parquet" in formats:
@@ -684,12 +681,6 @@ def export(out, config=None, *, progress: bool | None = None, fingerprints: dict
                                            max_count=cfg.export.shard_max_count,
                                            resize=cfg.export.resize or None, progress=progress)
             stats.update(images=written.images, shards=len(written.paths))
-        old = o.root / ".dataset.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if o.dataset.exists():
-            os.replace(o.dataset, old)
-        os.replace(tmp, o.dataset)
-        shutil.rmtree(old, ignore_errors=True)
     outputs = [p for p in (o.records_jsonl, o.records_parquet) if p.exists()]
     outputs += sorted(o.shards.glob("*.tar")) if o.shards.is_dir() else []
     o.write_state("export", fp, outputs, stats, config=dataclasses.asdict(cfg.export))
