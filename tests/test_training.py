@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import megapairs as mp
-from megapairs.training import AdamW, LinearHead, _head_backward, _head_forward, lr_factor
+from megapairs.training import AdamW, LinearHead, lr_factor
+from megapairs.training.linear_head import _head_backward, _head_forward
 
 import torch  # noqa: E402  (a test extra: missing is a failure, not a skip)
 F = torch.nn.functional
@@ -166,7 +167,7 @@ def test_grad_cache_without_rng_replay_differs(monkeypatch):
     model = TwoTower(dropout=0.3)
     queries, candidates = make_batch(10, 3)
     _, ref = reference_grads(model, queries, candidates, 0.05, np.arange(10) * 3, seed=5, sub_batch=3)
-    monkeypatch.setattr(mp.training._RngState, "restored", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(mp.training.gradcache._RngState, "restored", lambda self: contextlib.nullcontext())
     _, got = cached_grads(model, queries, candidates, mp.loss.InfoNCELoss(0.05), seed=5, sub_batch=3,
                           group_size=3)
     with pytest.raises(AssertionError):
