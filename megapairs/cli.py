@@ -11,7 +11,9 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import click
 
@@ -311,6 +313,187 @@ def info() -> None:
     from ._config import show_config
 
     show_config()
+
+
+# --------------------------------------------------------------------------- eval
+
+
+class EvalBenchmark(NamedTuple):
+    """What ``megapairs eval BENCHMARK`` runs; one entry of :data:`EVAL_BENCHMARKS`.
+
+    Attributes
+    ----------
+    run : callable
+        ``run(model, root, split=, batch_size=, submission_path=, progress=, num_threads=, **options)``
+        -> ``{metric: value in percent}``; empty when the split's labels are hidden and only
+        the submission was written. ``model`` is what :func:`megapairs.evaluation.models.load_model`
+        returns; ``split=None`` means :attr:`default_split`.
+    options : tuple of str
+        The ``--option`` keys it takes (passed to ``run`` as keyword arguments).
+    default_split : str, optional
+        The split run without ``--split`` (printed in the help and written in the JSON).
+    submission_files : callable, optional
+        ``files(path)``: the files ``--submission path`` writes; None when the benchmark has
+        no test server.
+    server : str, optional
+        Where those files are uploaded.
+    """
+
+    run: Callable[..., dict[str, float]]
+    options: tuple[str, ...]
+    default_split: str | None = None
+    submission_files: Callable[[Path], tuple[Path, ...]] | None = None
+    server: str | None = None
+
+
+def _evaluation_benchmark(name: str) -> EvalBenchmark:
+    """A benchmark of :func:`megapairs.evaluation.evaluate`."""
+    from .evaluation import BENCHMARKS, REPORTED_SPLITS
+    from .evaluation.submission import cirr_subset_path
+
+    def run(model, root: Path, **kwargs) -> dict[str, float]:
+        from .evaluation import evaluate
+
+        return evaluate(model, name, root, **kwargs)
+
+    servers = {"circo": ((lambda path: (path,)), "https://circo.micc.unifi.it/"),
+               "cirr": ((lambda path: (path, cirr_subset_path(path))), "https://cirr.cecs.anu.edu.au/")}
+    files, server = servers.get(name, (None, None))
+    return EvalBenchmark(run, BENCHMARKS[name], REPORTED_SPLITS[name], files, server)
+
+
+def _evaluation_benchmarks() -> dict[str, EvalBenchmark]:
+    from .evaluation import BENCHMARKS
+
+    return {name: _evaluation_benchmark(name) for name in BENCHMARKS}
+
+
+#: ``megapairs eval`` benchmark name -> how to run it. Another benchmark (one not in
+#: megapairs.evaluation) is one more entry; the command, its help and its output follow.
+EVAL_BENCHMARKS: dict[str, EvalBenchmark] = _evaluation_benchmarks()
+
+
+def _eval_help() -> str:
+    width = max(map(len, EVAL_BENCHMARKS))
+    split_width = max(len(b.default_split or "-") for b in EVAL_BENCHMARKS.values())
+    rows = "\n".join(f"  {name:<{width}}  {b.default_split or '-':<{split_width}}  {', '.join(b.options)}"
+                     for name, b in EVAL_BENCHMARKS.items())
+    return f"""Evaluate the retriever at --model on BENCHMARK, from its local copy at ROOT, scored as the
+benchmark's official code scores it; the metrics (percent) print as a table.
+
+\b
+BENCHMARK, its default split, and its --option keys:
+{rows}
+
+ROOT is laid out as the benchmark ships (docs/evaluation.md). CIRCO test and CIRR test1
+labels are hidden: --submission FILE writes the server's file (CIRR: FILE and
+<stem>_subset.json beside it), or use --split val for scores here. --option values are
+JSON when they parse as JSON (true, 3, ["dress"]), else the text as it is.
+
+\b
+Examples:
+  megapairs eval cirr /data/CIRR --model BAAI/BGE-VL-base --split val
+  megapairs eval circo /data/CIRCO --model BAAI/BGE-VL-base --submission circo_test.json
+  megapairs eval fashioniq /data/fashionIQ_dataset --model ~/models/bge-vl-base \\
+      --option 'categories=["dress"]' --option caption_style=mbeir --json fiq.json
+  megapairs eval mbeir /data/M-BEIR --model BAAI/BGE-VL-base --option 'tasks=["cirr_task7"]'
+  megapairs eval genecis /data/genecis --model ~/models/clip --option check_images=false
+"""
+
+
+#: Python spellings that are not JSON: as text they would pass as truthy strings.
+_PYTHON_SPELLINGS = {"True": "true", "False": "false", "None": "null"}
+
+
+def _parse_options(pairs: tuple[str, ...], benchmark: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> keyword arguments; VALUE as JSON when it parses, else the text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. check_images=false")
+        if key not in allowed:
+            raise ValueError(f"--option {key}: {benchmark} takes no such option; its options are "
+                             f"{', '.join(allowed)}")
+        if key in out:
+            raise ValueError(f"--option {key} is given twice")
+        if text.strip() in _PYTHON_SPELLINGS:
+            raise ValueError(f"--option {key}={text.strip()}: write it as JSON, {key}={_PYTHON_SPELLINGS[text.strip()]}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    """Two aligned columns, metric and value (2 decimals)."""
+    width = max(len("metric"), *map(len, metrics))
+    lines = [f"{'metric':<{width}}  {'value':>7}"]
+    lines += [f"{name:<{width}}  {value:>7.2f}" for name, value in metrics.items()]
+    return "\n".join(lines)
+
+
+@main.command(name="eval", context_settings=_CONTEXT, help=_eval_help())
+@click.argument("benchmark")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", required=True, metavar="PATH",
+              help="A CLIP checkpoint: a folder (Hugging Face or OpenCLIP layout) or a hub id.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="The encoders' compute precision.")
+@click.option("--split", help="Default: the split papers report (listed above).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Items per model call.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads of the encoders and the search (default: all cores).")
+@click.option("--submission", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="CIRCO / CIRR: write the test server's file(s) here.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A loader option of BENCHMARK, e.g. 'categories=[\"dress\"]' or check_images=false (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the results as JSON (benchmark, split, model, metrics, version, date).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_fail_cleanly
+def eval_command(benchmark: str, root: Path, model_path: str, precision: str, split: str | None, batch_size: int,
+                 threads: int | None, submission: Path | None, options: tuple[str, ...], json_path: Path | None,
+                 no_progress: bool) -> None:
+    from datetime import datetime, timezone
+
+    from . import __version__, set_num_threads
+    from .evaluation.models import load_model
+
+    entry = EVAL_BENCHMARKS.get(benchmark)
+    if entry is None:
+        raise ValueError(f"unknown benchmark {benchmark!r}; the benchmarks are {', '.join(EVAL_BENCHMARKS)}")
+    kwargs = _parse_options(options, benchmark, entry.options)
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmark root '{root}' is not a directory")
+    if threads is not None:
+        set_num_threads(threads)
+    model = load_model(model_path, precision)  # the slow step last: every cheap check is done
+    if submission is not None and entry.submission_files is not None:  # without a server, run() says so
+        submission.parent.mkdir(parents=True, exist_ok=True)
+    metrics = entry.run(model, root, split=split, batch_size=batch_size, submission_path=submission,
+                        progress=False if no_progress else None, num_threads=threads, **kwargs)
+    split = split if split is not None else entry.default_split
+    files: tuple[Path, ...] = ()
+    if submission is not None:
+        files = entry.submission_files(submission) if entry.submission_files else (submission,)
+    if metrics:
+        click.echo(_metrics_table(metrics))
+    else:
+        click.echo(f"{benchmark} {split}: no scores here" + (" (the labels are hidden)" if files else ""))
+    if files:
+        where = f" (upload to {entry.server})" if entry.server else ""
+        click.echo("submission: " + ", ".join(str(f.resolve()) for f in files) + where)
+    if json_path is not None:
+        record = {"benchmark": benchmark, "split": split, "model": model_path, "precision": precision,
+                  "options": kwargs, "metrics": metrics, "submission": [str(f) for f in files],
+                  "megapairs_version": __version__,
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        click.echo(f"results: {json_path.resolve()}")
 
 
 if __name__ == "__main__":  # pragma: no cover

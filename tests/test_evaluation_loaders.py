@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from evaluation_fixtures import (
     cirr_record,
     make_circo,
@@ -18,6 +17,7 @@ from evaluation_fixtures import (
     write_image,
     write_json,
 )
+from PIL import Image
 
 import megapairs as mp
 from megapairs.evaluation import datasets as ds
@@ -90,16 +90,14 @@ def test_circo_errors_name_file_and_record(tmp_path):
     with pytest.raises(mp.FormatError, match=r"val.json: record 1: id 5 != its position 1"):
         ds.load_circo(root, "val")
     write_json(ann, [val[0], dict(val[1], reference_img_id=99)])
-    with pytest.raises(ValueError, match=r"val.json: record 1: reference_img_id 99 is not in the gallery"):
-        ds.load_circo(root, "val")
-    write_json(ann, [val[0], dict(val[1], gt_img_ids=[11, 98])])
-    with pytest.raises(ValueError, match=r"record 1: ground truth 98 is not in the gallery"):
+    with pytest.raises(ValueError, match=r"val.json: record 1 \(query id 1\): reference_img_id 99 is not in the "
+                                         r"gallery \(.*image_info_unlabeled2017.json\)"):
         ds.load_circo(root, "val")
     write_json(ann, [val[0], {k: v for k, v in val[1].items() if k != "relative_caption"}])
-    with pytest.raises(mp.FormatError, match=r"val.json: record 1: missing key 'relative_caption'"):
+    with pytest.raises(mp.FormatError, match=r"val.json: record 1 \(query id 1\): missing key 'relative_caption'"):
         ds.load_circo(root, "val")
     write_json(ann, [val[0], dict(val[1], reference_img_id="12")])
-    with pytest.raises(mp.FormatError, match=r"record 1: 'reference_img_id' must be int"):
+    with pytest.raises(mp.FormatError, match=r"record 1 \(query id 1\): 'reference_img_id' must be int"):
         ds.load_circo(root, "val")
     ann.write_text("[{")
     with pytest.raises(mp.FormatError, match=r"val.json: invalid JSON"):
@@ -109,6 +107,27 @@ def test_circo_errors_name_file_and_record(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"image id 13: image file '.*000000000013.jpg' does not exist"):
         ds.load_circo(root, "val")
     assert len(ds.load_circo(root, "val", check_images=False).queries) == 2
+
+
+def test_circo_labels_outside_the_gallery_name_the_query(tmp_path):
+    # the gallery is 11..14: an id outside it could only ever score as a miss
+    root, val = circo_tree(tmp_path)
+    ann = root / "annotations" / "val.json"
+    write_json(ann, [val[0], dict(val[1], target_img_id=99)])  # gt_img_ids [11]: loaded and missed before
+    with pytest.raises(ValueError, match=r"val.json: record 1 \(query id 1\): target_img_id 99 is not in the "
+                                         r"gallery \(.*image_info_unlabeled2017.json\)"):
+        ds.load_circo(root, "val")
+    write_json(ann, [val[0], dict(val[1], gt_img_ids=[11, 98])])
+    with pytest.raises(ValueError, match=r"val.json: record 1 \(query id 1\): gt_img_ids entry 98 is not in the "
+                                         r"gallery"):
+        ds.load_circo(root, "val")
+    # the README: target_img_id is always the first of gt_img_ids
+    write_json(ann, [dict(val[0], gt_img_ids=[14]), val[1]])
+    with pytest.raises(ValueError, match=r"val.json: record 0 \(query id 0\): target_img_id 13 is not among "
+                                         r"gt_img_ids \[14\]"):
+        ds.load_circo(root, "val")
+    write_json(ann, val)
+    assert [q.target_id for q in ds.load_circo(root, "val").queries] == [13, 11]
 
 
 # --------------------------------------------------------------------------- CIRR
@@ -144,7 +163,17 @@ def test_cirr_errors_name_file_and_record(tmp_path):
     cap = root / "cirr" / "captions" / "cap.rc2.val.json"
     record = json.loads(cap.read_text())[0]
     write_json(cap, [dict(record, img_set={"members": [*CIRR_NAMES[:5], "dev-9-9-img0"]})])
-    with pytest.raises(ValueError, match=r"cap.rc2.val.json: record 0 \(pairid 12060\): image 'dev-9-9-img0' is not"):
+    with pytest.raises(ValueError, match=r"cap.rc2.val.json: record 0 \(pairid 12060\): img_set.members entry "
+                                         r"'dev-9-9-img0' is not in the val gallery \(.*split.rc2.val.json\)"):
+        ds.load_cirr(root, "val")
+    write_json(cap, [dict(record, reference="dev-9-9-img0")])
+    with pytest.raises(ValueError, match=r"record 0 \(pairid 12060\): reference 'dev-9-9-img0' is not in the val "
+                                         r"gallery"):
+        ds.load_cirr(root, "val")
+    # a target outside the split's image index (and so outside the members): named as such
+    write_json(cap, [dict(record, target_hard="dev-9-9-img0")])
+    with pytest.raises(ValueError, match=r"record 0 \(pairid 12060\): target_hard 'dev-9-9-img0' is not in the "
+                                         r"val gallery \(.*split.rc2.val.json\)"):
         ds.load_cirr(root, "val")
     write_json(cap, [record, record])
     with pytest.raises(mp.FormatError, match=r"record 1 \(pairid 12060\): pairid 12060 appears twice"):
@@ -188,6 +217,8 @@ def test_fashioniq_errors_name_file_and_record(tmp_path):
         ds.load_fashioniq(root, categories=["shirt"])
     with pytest.raises(ValueError, match="categories must be"):
         ds.load_fashioniq(root, categories=["shoes"])
+    # one name is that category, not its letters (as --option categories=shirt passes it)
+    assert list(ds.load_fashioniq(root, categories="shirt", check_images=False).categories) == ["shirt"]
 
 
 # --------------------------------------------------------------------------- GeneCIS
@@ -371,6 +402,19 @@ def test_circo_submission_schema(tmp_path):
         sub.check_circo_submission(obj, num_queries=3)
 
 
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_circo_submission_rejects_a_k_below_one(tmp_path, k):
+    # k=0 used to write {"0": []}, a file the server rejects
+    with pytest.raises(ValueError, match=rf"k must be a positive int \(predictions per query; the server expects "
+                                         rf"50\), got {k!r}"):
+        sub.write_circo_submission(tmp_path / "x.json", [list(range(50))], k=k)
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(ValueError, match=r"k must be a positive int"):
+        sub.check_circo_submission({"0": []}, k=k)
+    with pytest.raises(ValueError, match="CIRCO submission has no queries"):
+        sub.write_circo_submission(tmp_path / "x.json", [])
+
+
 def test_cirr_submission_schema(tmp_path):
     names = [f"test1-{i}-0-img0" for i in range(60)]
     recall = {12063: names[:51], 7: names[5:56]}
@@ -392,3 +436,17 @@ def test_cirr_submission_schema(tmp_path):
         sub.check_cirr_submission(a, "recall_subset")
     with pytest.raises(ValueError, match=r"missing \['8'\]"):
         sub.check_cirr_submission(a, "recall", pair_ids=[12063, 7, 8])
+
+
+def test_cirr_submission_rejects_counts_below_one(tmp_path):
+    names = [f"test1-{i}-0-img0" for i in range(60)]
+    recall, subset = {7: names[:51]}, {7: names[:6]}
+    with pytest.raises(ValueError, match=r"^k must be a positive int .*server expects 50\), got 0$"):
+        sub.write_cirr_submission(tmp_path / "x.json", recall, subset, k=0)
+    with pytest.raises(ValueError, match=r"^subset_k must be a positive int .*server expects 3\), got 0$"):
+        sub.write_cirr_submission(tmp_path / "x.json", recall, subset, subset_k=0)
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x_subset.json").exists()
+    with pytest.raises(ValueError, match=r"k must be a positive int .*server expects 3\), got 0"):
+        sub.check_cirr_submission({"version": "rc2", "metric": "recall_subset", "7": []}, "recall_subset", k=0)
+    with pytest.raises(ValueError, match=r"CIRR submission \(recall\) has no pairids"):
+        sub.write_cirr_submission(tmp_path / "x.json", {}, {})

@@ -262,30 +262,39 @@ def load_circo(root: str | os.PathLike, split: str = "val", template: str = CIRC
     records = _read_json(ann_path, f"CIRCO {split} annotations")
     _expect(records, list, ann_path, "top level", "the annotations")
     queries = []
+
+    def in_gallery(image_id: int, what: str, where: str) -> int:
+        """The one check that an annotation's image id is a gallery image (else it could only
+        be scored as a silent miss)."""
+        if image_id not in position:
+            raise ValueError(f"{ann_path}: {where}: {what} {image_id} is not in the gallery ({info_path})")
+        return image_id
+
     for i, r in enumerate(records):
         where = f"record {i}"
         qid = _get(r, "id", int, ann_path, where)
         if qid != i:
             raise FormatError(f"{ann_path}: {where}: id {qid} != its position {i} (CIRCO ids are the list positions)")
-        ref = _get(r, "reference_img_id", int, ann_path, where)
+        where = f"record {i} (query id {qid})"
+        ref = in_gallery(_get(r, "reference_img_id", int, ann_path, where), "reference_img_id", where)
         caption = _get(r, "relative_caption", str, ann_path, where)
         concept = _get(r, "shared_concept", str, ann_path, where)
-        if ref not in position:
-            raise ValueError(f"{ann_path}: {where}: reference_img_id {ref} is not in the gallery ({info_path})")
         query = CIRCOQuery(qid, ref, gallery_paths[position[ref]], caption, concept,
                            circo_query_text(concept, caption, template))
         if "gt_img_ids" in r:
+            target = in_gallery(_get(r, "target_img_id", int, ann_path, where), "target_img_id", where)
             gts = [_expect(g, int, ann_path, where, "gt_img_ids entries") for g in
                    _get(r, "gt_img_ids", list, ann_path, where) if g != ""]  # '' is the dataset class' padding
             if not gts:
                 raise FormatError(f"{ann_path}: {where}: gt_img_ids is empty")
             if len(set(gts)) != len(gts):
                 raise FormatError(f"{ann_path}: {where}: gt_img_ids lists an id twice")
-            missing = [g for g in gts if g not in position]
-            if missing:
-                raise ValueError(f"{ann_path}: {where}: ground truth {missing[0]} is not in the gallery ({info_path})")
+            for g in gts:
+                in_gallery(g, "gt_img_ids entry", where)
+            if target not in gts:  # CIRCO's README: the target is always the first of gt_img_ids
+                raise ValueError(f"{ann_path}: {where}: target_img_id {target} is not among gt_img_ids {gts}")
             query.ground_truths = gts
-            query.target_id = _get(r, "target_img_id", int, ann_path, where)
+            query.target_id = target
             aspects = r.get("semantic_aspects", [])
             query.semantic_aspects = [_expect(a, str, ann_path, where, "semantic_aspects entries")
                                       for a in _expect(aspects, list, ann_path, where, "'semantic_aspects'")]
@@ -365,6 +374,14 @@ def load_cirr(root: str | os.PathLike, split: str = "val", template: str = "{cap
     records = _read_json(cap_path, f"CIRR {split} captions")
     _expect(records, list, cap_path, "top level", "the captions")
     queries, seen = [], set()
+
+    def in_gallery(name: str, what: str, where: str) -> str:
+        """The one check that an image a record names is in the split's image index (else it
+        could only be scored as a silent miss)."""
+        if name not in gallery:
+            raise ValueError(f"{cap_path}: {where}: {what} {name!r} is not in the {split} gallery ({split_path})")
+        return name
+
     for i, r in enumerate(records):
         where = f"record {i}"
         pair_id = _get(r, "pairid", int, cap_path, where)
@@ -372,21 +389,16 @@ def load_cirr(root: str | os.PathLike, split: str = "val", template: str = "{cap
         if pair_id in seen:
             raise FormatError(f"{cap_path}: {where}: pairid {pair_id} appears twice")
         seen.add(pair_id)
-        ref = _get(r, "reference", str, cap_path, where)
+        ref = in_gallery(_get(r, "reference", str, cap_path, where), "reference", where)
         caption = _get(r, "caption", str, cap_path, where)
         members = _get(_get(r, "img_set", dict, cap_path, where), "members", list, cap_path, where + ", img_set")
-        for m in [ref, *members]:
-            _expect(m, str, cap_path, where, "image names")
-            if m not in gallery:
-                raise ValueError(f"{cap_path}: {where}: image {m!r} is not in the {split} gallery ({split_path})")
+        for m in members:
+            in_gallery(_expect(m, str, cap_path, where, "img_set.members entries"), "img_set.members entry", where)
         if len(set(members)) != len(members):
             raise FormatError(f"{cap_path}: {where}: img_set.members lists an image twice")
         query = CIRRQuery(pair_id, ref, caption, template.format(caption=caption), list(members))
         if "target_hard" in r:
-            target = _get(r, "target_hard", str, cap_path, where)
-            if target not in gallery:
-                raise ValueError(f"{cap_path}: {where}: target_hard {target!r} is not in the {split} gallery "
-                                 f"({split_path})")
+            target = in_gallery(_get(r, "target_hard", str, cap_path, where), "target_hard", where)
             if target not in members:
                 raise ValueError(f"{cap_path}: {where}: target_hard {target!r} is not in img_set.members")
             query.target = target
@@ -451,14 +463,14 @@ def load_fashioniq(root: str | os.PathLike, split: str = "val", categories: Sequ
     root : path
     split : {'val', 'test', 'train'}
         Zero-shot results use 'val' (test targets are hidden).
-    categories : sequence of str
+    categories : sequence of str, or one str
     caption_style : {'megapairs', 'mbeir'} or callable
         How the two captions become one query text, see :func:`fashioniq_query_text`.
     check_images : bool
         Check that every gallery image is in ``images/``.
     """
     root = _root(root)
-    categories = list(categories)
+    categories = [categories] if isinstance(categories, str) else list(categories)  # one name: not its letters
     unknown = [c for c in categories if c not in FASHIONIQ_CATEGORIES]
     if unknown or not categories:
         raise ValueError(f"categories must be a non-empty subset of {FASHIONIQ_CATEGORIES}, got {categories!r}")
@@ -589,7 +601,7 @@ def load_genecis(root: str | os.PathLike, tasks: Sequence[str] = GENECIS_TASKS, 
     Parameters
     ----------
     root : path
-    tasks : sequence of str
+    tasks : sequence of str, or one str
         Some of ``focus_attribute``, ``change_attribute``, ``focus_object``, ``change_object``.
     template : str
         Query text with ``{condition}``; the official code feeds the bare condition word.
@@ -599,7 +611,7 @@ def load_genecis(root: str | os.PathLike, tasks: Sequence[str] = GENECIS_TASKS, 
         Check that every image file exists.
     """
     root = _root(root)
-    tasks = list(tasks)
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)  # one name: not its letters
     unknown = [t for t in tasks if t not in GENECIS_TASKS]
     if unknown or not tasks:
         raise ValueError(f"tasks must be a non-empty subset of {GENECIS_TASKS}, got {tasks!r}")
@@ -700,7 +712,7 @@ def load_mmeb(root: str | os.PathLike, datasets: Sequence[str] | None = None,
     Parameters
     ----------
     root : path
-    datasets : sequence of str, optional
+    datasets : sequence of str, or one str, optional
         Names from :data:`megapairs.evaluation.metrics.MMEB_DATASETS`; default all 36.
     image_root : path, optional
         Default ``<root>/eval_images`` when it exists (``images.zip`` unpacked), else ``root``.
@@ -711,7 +723,7 @@ def load_mmeb(root: str | os.PathLike, datasets: Sequence[str] | None = None,
         Check that every referenced image file exists.
     """
     root = _root(root)
-    names = list(MMEB_DATASETS) if datasets is None else list(datasets)
+    names = list(MMEB_DATASETS) if datasets is None else [datasets] if isinstance(datasets, str) else list(datasets)
     unknown = [n for n in names if n not in MMEB_DATASETS]
     if unknown or not names:
         raise ValueError(f"datasets must be a non-empty subset of the MMEB datasets {list(MMEB_DATASETS)}, "

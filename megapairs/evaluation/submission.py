@@ -41,6 +41,15 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def _check_count(name: str, value, server: int) -> int:
+    """ValueError naming the argument unless ``value`` is a positive int: a list length of 0
+    would write lists the server rejects."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int (predictions per query; the server expects {server}), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def check_circo_submission(submission: Mapping, num_queries: int | None = None, k: int = 50) -> None:
     """ValueError naming the first query that breaks CIRCO's submission schema.
 
@@ -54,9 +63,12 @@ def check_circo_submission(submission: Mapping, num_queries: int | None = None, 
     k : int
         The list length the server expects (50).
     """
+    _check_count("k", k, 50)
     if not isinstance(submission, Mapping):
         raise TypeError(f"a CIRCO submission is a JSON object, got {type(submission).__name__}")
     keys = list(submission)
+    if not keys:
+        raise ValueError("CIRCO submission has no queries")
     for key in keys:
         if not isinstance(key, str) or not key.isdigit() or str(int(key)) != key:
             raise ValueError(f"CIRCO submission key {key!r} is not a query id written as a decimal string")
@@ -88,12 +100,13 @@ def write_circo_submission(path: str | os.PathLike, predictions: Sequence[Sequen
     predictions : Q sequences of image ids, or mapping query id -> sequence
         The ranked predictions of queries ``0 .. Q-1``; the first ``k`` of each are written.
     k : int
-        Predictions per query (the server takes exactly 50).
+        Predictions per query (the server takes exactly 50); ``k < 1`` is a ValueError.
 
     Returns
     -------
     Path of the written file.
     """
+    _check_count("k", k, 50)
     items = predictions.items() if isinstance(predictions, Mapping) else enumerate(predictions)
     submission = {}
     for qid, ids in items:
@@ -121,7 +134,8 @@ def check_cirr_submission(submission: Mapping, metric: str, k: int | None = None
     """
     if metric not in ("recall", "recall_subset"):
         raise ValueError(f"metric must be 'recall' or 'recall_subset', got {metric!r}")
-    k = (50 if metric == "recall" else 3) if k is None else k
+    server = 50 if metric == "recall" else 3
+    k = _check_count("k", server if k is None else k, server)
     if not isinstance(submission, Mapping):
         raise TypeError(f"a CIRR submission is a JSON object, got {type(submission).__name__}")
     if submission.get("version") != CIRR_VERSION:
@@ -129,6 +143,8 @@ def check_cirr_submission(submission: Mapping, metric: str, k: int | None = None
     if submission.get("metric") != metric:
         raise ValueError(f"CIRR submission: 'metric' must be {metric!r}, got {submission.get('metric')!r}")
     keys = [key for key in submission if key not in ("version", "metric")]
+    if not keys:
+        raise ValueError(f"CIRR submission ({metric}) has no pairids")
     for key in keys:
         if not isinstance(key, str) or not key.lstrip("-").isdigit():
             raise ValueError(f"CIRR submission key {key!r} is not a pairid written as a decimal string")
@@ -180,12 +196,14 @@ def write_cirr_submission(path: str | os.PathLike, recall: Mapping[int, Sequence
     references : mapping pairid -> reference name, optional
         Removed from both lists; without it the lists must already exclude the reference.
     k, subset_k : int
-        50 and 3 for the server.
+        50 and 3 for the server; a value below 1 is a ValueError naming the argument.
 
     Returns
     -------
     (recall file, subset file)
     """
+    _check_count("k", k, 50)
+    _check_count("subset_k", subset_k, 3)
     if set(recall) != set(recall_subset):
         raise ValueError("recall and recall_subset must cover the same pairids")
     main = {"version": CIRR_VERSION, "metric": "recall", **_cirr_entries(recall, references, k)}
