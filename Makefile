@@ -47,10 +47,18 @@ test: test-c test-py
 
 # The main job on the embedded corpus: runtime dependencies and the demo extra only (no
 # PyTorch); the report's path is the last line it prints. A second run reuses the install.
+# `make demo TRAIN=1` also trains the adapter on what it mined (installs the train extra, with
+# the CPU build of PyTorch) and the report shows held-out recall before and after.
 DEMO_OUT ?= megapairs-demo
-demo: $(VENV)/.installed-demo
+TRAIN ?=
+demo: $(VENV)/.installed-demo $(if $(TRAIN),$(VENV)/.installed-train)
 	$(PY) setup.py -q build_ext --inplace -j 2
-	$(VENV)/bin/megapairs demo $(DEMO_OUT)
+	$(VENV)/bin/megapairs demo $(DEMO_OUT) $(if $(TRAIN),--train)
+
+$(VENV)/.installed-train: $(VENV)/.installed-demo
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-build-isolation -e ".[demo,train]"
+	touch $@
 
 demo-system-deps:
 	$(call apt-install,$(DEMO_PACKAGES))

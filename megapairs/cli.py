@@ -35,7 +35,8 @@ def _fail_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            click.echo("megapairs: interrupted; run the same command again to resume", err=True)
+            resume = " with --resume" if ctx.info_name == "train" else ""
+            click.echo(f"megapairs: interrupted; run the same command again{resume} to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.Exit:
             raise
@@ -219,9 +220,12 @@ def report(out: Path, n_pairs: int) -> None:
 @click.option("--llm-url", help="An OpenAI-compatible server: annotate with the MLLM + LLM method.")
 @click.option("--mllm-model", help="Multimodal model on that server (default: MEGAPAIRS_MLLM_MODEL).")
 @click.option("--llm-model", help="Text model on that server (default: MEGAPAIRS_LLM_MODEL).")
+@click.option("--train", "train_steps", is_flag=False, flag_value=300, type=click.IntRange(min=1), default=None,
+              metavar="[STEPS]", help="Then train the adapter on what was mined (default 300 steps; needs "
+                                      "PyTorch) and show held-out recall before and after in the report.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_fail_cleanly
-def demo(out: Path, clip, dinov2, llm_url, mllm_model, llm_model, no_progress: bool) -> None:
+def demo(out: Path, clip, dinov2, llm_url, mllm_model, llm_model, train_steps: int | None, no_progress: bool) -> None:
     """Build a MegaPairs dataset from Debian's tuxpaint stamps (photos and drawings with
     English descriptions) into OUT (default ./megapairs-demo) and write its report.
 
@@ -234,6 +238,7 @@ def demo(out: Path, clip, dinov2, llm_url, mllm_model, llm_model, no_progress: b
       megapairs demo
       megapairs demo --clip ~/models/clip-vit-base-patch16 --dinov2 ~/models/dinov2-base
       megapairs demo --llm-url http://localhost:8000/v1 --mllm-model Qwen2-VL-7B-Instruct --llm-model Llama-3-8B
+      megapairs demo --train
     """
     from .pipeline import build as run
     from .pipeline.demo import demo_config
@@ -243,7 +248,57 @@ def demo(out: Path, clip, dinov2, llm_url, mllm_model, llm_model, no_progress: b
         click.echo(f"demo: {line}")
     run(None, out, cfg, progress=False if no_progress else None, on_stage=_report)
     click.echo(f"  dataset: {Path(out) / 'dataset'}")
+    if train_steps is not None:
+        import shutil
+
+        from .training.loop import train_dir
+
+        shutil.rmtree(train_dir(out), ignore_errors=True)  # the demo trains anew each time
+        _train_summary(_run_training(out, None, [f"train.steps={train_steps}"], resume=False,
+                                     no_progress=no_progress))
     _write_report(out)
+
+
+def _run_training(out: Path, config, overrides, resume: bool, no_progress: bool):
+    from .training.loop import train
+
+    return train(out, config, overrides=list(overrides), resume=resume, progress=False if no_progress else None)
+
+
+def _train_summary(result) -> None:
+    start = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+    click.echo(f"  train: {result.steps} steps{start} in {result.seconds:.1f} s, last loss {result.loss:.4f}")
+    click.echo(f"  model: {result.model_dir}")
+    if result.heldout:
+        h = result.heldout
+        click.echo(f"  held-out pairs ({h['queries']} queries): " + ", ".join(
+            f"{k} {h['before'][k]:.1f} -> {h['after'][k]:.1f}" for k in h["after"]))
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in OUT/train/checkpoints.")
+@_config_options
+@_fail_cleanly
+def train(out: Path, resume: bool, config, overrides, no_progress: bool) -> None:
+    """Train MMRet on the dataset in OUT (the [train] section of OUT/megapairs.toml).
+
+    The default model is an adapter on the embeddings `megapairs encode` cached (minutes on
+    a CPU); train.model=clip fine-tunes a whole CLIP (train.init). Checkpoints go to
+    OUT/train/checkpoints every train.save_every steps and on Ctrl-C; --resume continues
+    exactly where a run stopped. The trained model is OUT/train/model; at the end the
+    held-out pairs are scored before and after (OUT/train/heldout.json). Needs PyTorch:
+    pip install 'megapairs[train]'.
+
+    \b
+    Examples:
+      megapairs train out/
+      megapairs train out/ --set train.steps=1000 --set train.batch_size=128
+      megapairs train out/ --resume
+      megapairs train out/ --set train.model=clip --set train.init=openai/clip-vit-base-patch16 \\
+          --set train.sub_batch=32 --set train.device=cuda
+    """
+    _train_summary(_run_training(out, config, overrides, resume, no_progress))
 
 
 def _stage_command(name: str, summary: str, example: str):
@@ -337,6 +392,11 @@ class EvalBenchmark(NamedTuple):
         no test server.
     server : str, optional
         Where those files are uploaded.
+    loads_model : bool
+        True: ``run`` gets the model :func:`~megapairs.evaluation.models.load_model` loaded
+        from ``--model`` (required). False: ``run`` gets the ``--model`` text itself, or None
+        when it is left out (the held-out task loads adapters and CLIPs itself, and scores
+        the untrained baseline without one).
     """
 
     run: Callable[..., dict[str, float]]
@@ -344,6 +404,7 @@ class EvalBenchmark(NamedTuple):
     default_split: str | None = None
     submission_files: Callable[[Path], tuple[Path, ...]] | None = None
     server: str | None = None
+    loads_model: bool = True
 
 
 def _evaluation_benchmark(name: str) -> EvalBenchmark:
@@ -362,10 +423,29 @@ def _evaluation_benchmark(name: str) -> EvalBenchmark:
     return EvalBenchmark(run, BENCHMARKS[name], REPORTED_SPLITS[name], files, server)
 
 
+def _heldout_benchmark() -> EvalBenchmark:
+    """Composed retrieval on the held-out mined pairs of a pipeline output folder (ROOT)."""
+
+    def run(model, root: Path, *, split=None, batch_size=None, submission_path=None, progress=None,
+            num_threads=None) -> dict[str, float]:
+        from .evaluation.heldout import evaluate_heldout
+
+        if split not in (None, "heldout"):
+            raise ValueError(f"the held-out task has one split ('heldout'), got {split!r}")
+        if submission_path is not None:
+            raise ValueError("--submission: the held-out task has no test server")
+        return evaluate_heldout(root, model, num_threads=num_threads, progress=progress)
+
+    return EvalBenchmark(run, (), "heldout", loads_model=False)
+
+
 def _evaluation_benchmarks() -> dict[str, EvalBenchmark]:
     from .evaluation import BENCHMARKS
 
-    return {name: _evaluation_benchmark(name) for name in BENCHMARKS}
+    benchmarks = {name: _evaluation_benchmark(name) for name in BENCHMARKS}
+    # the same task under the demo corpus's name: `megapairs eval tuxpaint megapairs-demo`
+    benchmarks["heldout"] = benchmarks["tuxpaint"] = _heldout_benchmark()
+    return benchmarks
 
 
 #: ``megapairs eval`` benchmark name -> how to run it. Another benchmark (one not in
@@ -385,6 +465,10 @@ benchmark's official code scores it; the metrics (percent) print as a table.
 BENCHMARK, its default split, and its --option keys:
 {rows}
 
+heldout (alias tuxpaint) is composed retrieval on the pairs `megapairs train` held out of a
+pipeline output folder ROOT; --model is then a trained adapter (OUT/train/model) or a CLIP,
+and without --model the untrained baseline (the frozen embeddings composed) is scored.
+
 ROOT is laid out as the benchmark ships (docs/evaluation.md). CIRCO test and CIRR test1
 labels are hidden: --submission FILE writes the server's file (CIRR: FILE and
 <stem>_subset.json beside it), or use --split val for scores here. --option values are
@@ -398,6 +482,7 @@ Examples:
       --option 'categories=["dress"]' --option caption_style=mbeir --json fiq.json
   megapairs eval mbeir /data/M-BEIR --model BAAI/BGE-VL-base --option 'tasks=["cirr_task7"]'
   megapairs eval genecis /data/genecis --model ~/models/clip --option check_images=false
+  megapairs eval tuxpaint megapairs-demo --model megapairs-demo/train/model
 """
 
 
@@ -438,8 +523,9 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 @main.command(name="eval", context_settings=_CONTEXT, help=_eval_help())
 @click.argument("benchmark")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--model", "model_path", required=True, metavar="PATH",
-              help="A CLIP checkpoint: a folder (Hugging Face or OpenCLIP layout) or a hub id.")
+@click.option("--model", "model_path", metavar="PATH",
+              help="A CLIP checkpoint: a folder (Hugging Face or OpenCLIP layout) or a hub id; for heldout "
+                   "also an adapter folder (optional there).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="The encoders' compute precision.")
 @click.option("--split", help="Default: the split papers report (listed above).")
@@ -468,9 +554,12 @@ def eval_command(benchmark: str, root: Path, model_path: str, precision: str, sp
     kwargs = _parse_options(options, benchmark, entry.options)
     if not root.is_dir():
         raise FileNotFoundError(f"benchmark root '{root}' is not a directory")
+    if model_path is None and entry.loads_model:
+        raise ValueError(f"{benchmark} needs --model PATH (a CLIP checkpoint folder or hub id)")
     if threads is not None:
         set_num_threads(threads)
-    model = load_model(model_path, precision)  # the slow step last: every cheap check is done
+    # the slow step last: every cheap check is done
+    model = load_model(model_path, precision) if entry.loads_model else model_path
     if submission is not None and entry.submission_files is not None:  # without a server, run() says so
         submission.parent.mkdir(parents=True, exist_ok=True)
     metrics = entry.run(model, root, split=split, batch_size=batch_size, submission_path=submission,

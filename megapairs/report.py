@@ -3,7 +3,8 @@
 ``megapairs report OUT`` (and ``build`` and ``demo`` at their end) writes ``OUT/report/``:
 ``index.html`` (the configuration and counts, each space's similarity histogram with its
 band, a gallery of mined pairs — query | target | hard negatives with captions, the spaces
-and scores that found the pair, the instructions — and the failures), the pictures it shows,
+and scores that found the pair, the instructions —, the failures and, after ``megapairs
+train``, the loss curve and held-out Recall@K before and after training), the pictures it shows,
 and ``contact_sheet.png``, the gallery's first pairs as one image. The folder is
 self-contained: copy it anywhere and open ``index.html``.
 
@@ -104,6 +105,10 @@ def _write(o, view, cfg, tmp: Path, n_pairs: int, negatives: int, thumb: int, co
         fig = viz.score_histograms(o.root)
         fig.savefig(tmp / "histograms.png", bbox_inches="tight")
         plt.close(fig)
+        if (o.root / "train" / "log.jsonl").is_file():
+            fig = viz.training_curves(o.root)
+            fig.savefig(tmp / "training.png", bbox_inches="tight")
+            plt.close(fig)
         rows = viz.pair_sample(view, contact_sheet_pairs)
         if rows:
             fig = viz.show_pairs(view, rows=rows, negatives=negatives)
@@ -123,8 +128,8 @@ def _write(o, view, cfg, tmp: Path, n_pairs: int, negatives: int, thumb: int, co
     failures = [(k, e) for k, s, e in zip(manifest["key"], manifest["status"], manifest["error"]) if s != "ok"]
     stats = json.loads(o.pairs_stats.read_text()) if o.pairs_stats.is_file() else {}
 
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>megapairs report: "
-             f"{html.escape(o.root.name)}</title><style>{_CSS}</style></head><body>",
+    parts = [(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>megapairs report: "
+             f"{html.escape(o.root.name)}</title><style>{_CSS}</style></head><body>"),
              f"<h1>megapairs report — {html.escape(str(o.root))}</h1>"]
     if annotator == "template":
         parts.append("<p class='note'>Instructions by the offline <b>template</b> annotator: a baseline composed "
@@ -159,6 +164,8 @@ def _write(o, view, cfg, tmp: Path, n_pairs: int, negatives: int, thumb: int, co
         instructions = view.instructions.get((view.keys[q], view.keys[t]), [])
         items = "".join(f"<li>{html.escape(x)}</li>" for x in instructions) or "<li><i>not annotated</i></li>"
         parts.append(f"<div class='pair'><div class='row'>{''.join(cells)}</div><ul class='instr'>{items}</ul></div>")
+    if (tmp / "training.png").is_file():
+        parts.extend(_training_section(o.root / "train"))
     parts.append(f"<h2>Failures</h2><p>{len(failures)} images the pipeline could not use (kept in "
                  "manifest.parquet with their error).</p>")
     if failures:
@@ -167,3 +174,24 @@ def _write(o, view, cfg, tmp: Path, n_pairs: int, negatives: int, thumb: int, co
     parts.append(f"<h2>Configuration</h2><pre>{html.escape(o.config.read_text(encoding='utf-8'))}</pre>")
     parts.append("</body></html>\n")
     (tmp / "index.html").write_text("\n".join(parts), encoding="utf-8")
+
+
+def _training_section(train: Path) -> list[str]:
+    """The loss curve and, when the run evaluated, held-out Recall@K before and after."""
+    result = json.loads((train / "result.json").read_text(encoding="utf-8")) if (train / "result.json").is_file() \
+        else {}
+    parts = [(f"<h2>Training</h2><p>{html.escape(str(result.get('model', '')))} trained for "
+             f"{result.get('steps', '?')} steps (<code>megapairs train</code>; the log is train/log.jsonl).</p>")]
+    heldout = train / "heldout.json"
+    if heldout.is_file():
+        scores = json.loads(heldout.read_text(encoding="utf-8"))
+        names = list(scores["before"])
+        parts.append(f"<p>Composed retrieval on the held-out pairs: {scores['queries']} queries (query image + "
+                     "instruction) each ranking every image of the corpus, the query image left out; a query is "
+                     "right at K when its target is among the first K.</p><table id='heldout'><tr><th>model</th>"
+                     + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>")
+        for label, key in (("untrained (frozen embeddings composed)", "before"), ("trained", "after")):
+            parts.append(f"<tr><td>{label}</td>" + "".join(f"<td>{scores[key][n]:.1f}</td>" for n in names) + "</tr>")
+        parts.append("</table>")
+    parts.append("<img src='training.png' alt='training loss and held-out recall' style='max-width:100%'>")
+    return parts

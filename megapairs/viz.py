@@ -3,6 +3,7 @@
 >>> import megapairs as mp
 >>> fig = mp.viz.show_pairs("out/", n=8)                # query | target | hard negatives
 >>> fig = mp.viz.score_histograms("out/")              # each space's scores with its band
+>>> fig = mp.viz.training_curves("out/")               # after megapairs train: loss, held-out recall
 
 Both take a pipeline output folder (``megapairs build``); :func:`show_pairs` also takes a
 mined table with the image keys and where the images are. matplotlib is imported on first
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PairView", "load_pairs", "pair_sample", "score_histograms", "show_pairs", "thumbnail"]
+__all__ = ["PairView", "load_pairs", "pair_sample", "score_histograms", "show_pairs", "thumbnail", "training_curves"]
 
 
 @dataclass
@@ -243,5 +244,48 @@ def score_histograms(folder: str | os.PathLike, *, k: int | None = None, sample:
         ax.set_xlabel("cosine similarity")
         ax.legend(fontsize=7, loc="upper left")
     axes[0, 0].set_ylabel("count")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(folder: str | os.PathLike):
+    """After ``megapairs train``: the loss of each step (and its running mean) beside the
+    held-out Recall@K of the untrained and the trained model (``train/heldout.json``, when
+    the run evaluated)."""
+    plt = _pyplot()
+    train = Path(folder) / "train"
+    log = train / "log.jsonl"
+    if not log.is_file():
+        raise FileNotFoundError(f"no training log in {train}: run `megapairs train` first")
+    entries = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    heldout = train / "heldout.json"
+    scores = json.loads(heldout.read_text(encoding="utf-8")) if heldout.is_file() else None
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10.4 if scores else 5.2, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    steps = np.array([e["step"] for e in entries])
+    loss = np.array([e["loss"] for e in entries])
+    ax.plot(steps, loss, color="#9bb7d4", lw=0.8, label="loss")
+    if len(loss) >= 10:
+        w = max(2, len(loss) // 20)
+        ax.plot(steps[w - 1:], np.convolve(loss, np.ones(w) / w, mode="valid"), color="#1f5fa8",
+                label=f"mean of {w} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title("training loss", fontsize=10)
+    ax.legend(fontsize=7)
+    if scores:
+        ax = axes[0, 1]
+        names = list(scores["before"])
+        x = np.arange(len(names))
+        for offset, (label, key, colour) in zip((-0.2, 0.2), (("untrained", "before", "#9bb7d4"),
+                                                              ("trained", "after", "#1f5fa8"))):
+            values = [scores[key][n] for n in names]
+            bars = ax.bar(x + offset, values, width=0.4, color=colour, label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.set_xticks(x, names)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("percent")
+        ax.set_title(f"held-out pairs: {scores['queries']} composed queries", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig

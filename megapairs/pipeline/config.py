@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..training.schedule import SCHEDULES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -37,6 +39,7 @@ __all__ = [
     "ExportConfig",
     "MiningConfig",
     "SpaceConfig",
+    "TrainConfig",
     "apply_overrides",
     "load_config",
     "save_config",
@@ -48,6 +51,10 @@ CORPUS_KINDS = ("auto", "folder", "shards", "listing")
 CAPTION_SOURCES = ("sidecar", "column", "none", "mllm")
 ANNOTATORS = ("template", "openai")
 EXPORT_FORMATS = ("jsonl", "parquet", "shards")
+TRAIN_MODELS = ("adapter", "clip")
+#: train.lr = 0 means this rate: the adapter's maps move far from the identity in a few hundred
+#: steps; a CLIP fine-tune uses the paper's 5e-6.
+DEFAULT_LR = {"adapter": 1e-3, "clip": 5e-6}
 PRECISIONS = ("fp32", "bf16")
 POOLINGS = ("cls", "cls+mean", "mean")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -124,6 +131,36 @@ class ExportConfig:
 
 
 @dataclass
+class TrainConfig:
+    model: str = "adapter"  # adapter: linear maps on cached embeddings; clip: full fine-tune
+    space: str = ""  # adapter: the space whose cached vectors stand for the images (default: the first)
+    text_model: str = ""  # adapter: the instruction encoder (default: the space's own text model)
+    init: str = ""  # clip: the CLIP checkpoint to fine-tune (a folder or hub id)
+    steps: int = 300
+    batch_size: int = 64  # queries per step; each brings 1 + negatives candidates
+    sub_batch: int = 0  # GradCache: rows per forward (0: the whole batch at once)
+    accumulation: int = 1  # batches whose gradients are summed before one optimiser step
+    negatives: int = 4  # hard negatives per query, the query image first (the paper: 4 for CLIP)
+    lr: float = 0.0  # 0: DEFAULT_LR of the model
+    weight_decay: float = 0.01
+    warmup: int = 0  # optimiser steps of linear warm-up
+    schedule: str = "cosine"
+    temperature: float = 0.02
+    holdout: float = 0.1  # fraction of query images kept out of training, for `megapairs eval heldout`
+    evaluate: bool = True  # score the held-out pairs before and after training (train/heldout.json)
+    seed: int = 0
+    save_every: int = 100
+    keep: int = 2  # checkpoints kept
+    num_workers: int = 0  # DataLoader workers
+    num_threads: int = 0  # 0: all cores
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    tensorboard: bool = False
+
+    def learning_rate(self) -> float:
+        return self.lr or DEFAULT_LR[self.model]
+
+
+@dataclass
 class Config:
     """The resolved configuration of one output folder (see ``docs/pipeline.md``)."""
 
@@ -134,6 +171,7 @@ class Config:
     mining: MiningConfig = field(default_factory=MiningConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -149,7 +187,7 @@ class Config:
 
 
 _SECTIONS = {"corpus": CorpusConfig, "caption": CaptionConfig, "encode": EncodeConfig, "mining": MiningConfig,
-             "annotate": AnnotateConfig, "export": ExportConfig}
+             "annotate": AnnotateConfig, "export": ExportConfig, "train": TrainConfig}
 
 
 DEFAULT_TOML = '''\
@@ -228,6 +266,33 @@ prompt_version = "v1"
 formats = ["jsonl", "parquet", "shards"]
 shard_max_count = 10000
 resize = 0                # 0 copies images as they are; 512 gives the released MegaPairs size
+
+[train]                   # megapairs train (needs PyTorch: pip install 'megapairs[train]')
+model = "adapter"         # adapter: linear maps on the cached embeddings (minutes on a CPU);
+                          # clip: full fine-tune of a CLIP (a GPU job at the paper's scale)
+space = ""                # adapter: the space whose embeddings stand for images (default: the first)
+text_model = ""           # adapter: instruction encoder (default: the space's text model)
+init = ""                 # clip: the checkpoint to fine-tune, e.g. openai/clip-vit-base-patch16
+steps = 300
+batch_size = 64           # queries per step (the paper: 2048 on GPUs)
+sub_batch = 0             # GradCache rows per forward, for big batches in small memory (0: off)
+accumulation = 1          # batches summed into one optimiser step
+negatives = 4             # hard negatives per query, the query image first (the paper: 4)
+lr = 0.0                  # 0: 1e-3 for the adapter, 5e-6 for clip (the paper)
+weight_decay = 0.01
+warmup = 0                # steps of linear warm-up, then cosine (or linear) decay to 0
+schedule = "cosine"
+temperature = 0.02        # the paper's tau
+holdout = 0.1             # query images kept out of training for `megapairs eval heldout`
+evaluate = true           # at the end, held-out Recall@1/5/10 untrained vs trained (train/heldout.json;
+                          # a clip run encodes the corpus twice for it)
+seed = 0
+save_every = 100          # checkpoint every N steps (and on Ctrl-C / SIGTERM)
+keep = 2
+num_workers = 0           # DataLoader workers (clip: decoding and preprocessing)
+num_threads = 0           # 0: all cores
+device = "auto"           # auto | cpu | cuda | cuda:1 ...
+tensorboard = false       # also log to OUT/train/tensorboard (needs the tensorboard package)
 '''
 
 
@@ -418,4 +483,32 @@ def validate(cfg: Config) -> Config:
     _positive("export.shard_max_count", e.shard_max_count)
     if e.resize < 0:
         raise ConfigError(f"export.resize must be >= 0, got {e.resize}")
+    _validate_train(cfg)
     return cfg
+
+
+def _validate_train(cfg: Config) -> None:
+    t = cfg.train
+    _one_of("train.model", t.model, TRAIN_MODELS)
+    _one_of("train.schedule", t.schedule, SCHEDULES)
+    for key in ("steps", "batch_size", "accumulation", "negatives", "save_every", "keep"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("sub_batch", "warmup", "num_workers", "num_threads", "seed"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    for key in ("lr", "weight_decay"):
+        value = getattr(t, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"train.{key} must be a number >= 0, got {value!r}")
+    if not math.isfinite(t.temperature) or t.temperature <= 0:
+        raise ConfigError(f"train.temperature must be a positive number, got {t.temperature!r}")
+    if not 0 <= t.holdout < 1:
+        raise ConfigError(f"train.holdout must be a fraction in [0, 1), got {t.holdout!r}")
+    if t.warmup >= t.steps:
+        raise ConfigError(f"train.warmup ({t.warmup}) must be fewer steps than train.steps ({t.steps})")
+    if t.space and t.space not in [s.name for s in cfg.spaces]:
+        raise ConfigError(f"train.space {t.space!r} is not a space (spaces: {', '.join(s.name for s in cfg.spaces)})")
+    if t.device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$", t.device):
+        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N, mps or xpu, got {t.device!r}")
+    if t.model == "clip" and not t.init:
+        raise ConfigError("train.model = 'clip' needs train.init: the CLIP checkpoint to fine-tune")

@@ -19,4 +19,18 @@ from .gradcache import grad_cache_step
 from .linear_head import AdamW, LinearHead, train_linear_head
 from .schedule import lr_factor
 
-__all__ = ["AdamW", "LinearHead", "grad_cache_step", "lr_factor", "train_linear_head"]
+__all__ = ["AdamW", "LinearHead", "MMRetAdapter", "MMRetCLIP", "TrainResult", "grad_cache_step", "lr_factor",
+           "train", "train_linear_head"]
+
+# name -> module: these need PyTorch and load on first use (``import megapairs`` never imports torch)
+_LAZY = {"train": "loop", "TrainResult": "loop", "MMRetAdapter": "adapter", "MMRetCLIP": "clip"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
