@@ -185,7 +185,7 @@ def _training_section(train: Path) -> list[str]:
     heldout = train / "heldout.json"
     if heldout.is_file():
         scores = json.loads(heldout.read_text(encoding="utf-8"))
-        names = list(scores["before"])
+        names = sorted(scores["before"], key=lambda name: int(name.split("@")[1]))  # R@1, R@5, R@10
         parts.append(f"<p>Composed retrieval on the held-out pairs: {scores['queries']} queries (query image + "
                      "instruction) each ranking every image of the corpus, the query image left out; a query is "
                      "right at K when its target is among the first K.</p><table id='heldout'><tr><th>model</th>"

@@ -275,7 +275,7 @@ def training_curves(folder: str | os.PathLike):
     ax.legend(fontsize=7)
     if scores:
         ax = axes[0, 1]
-        names = list(scores["before"])
+        names = sorted(scores["before"], key=lambda name: int(name.split("@")[1]))  # R@1, R@5, R@10
         x = np.arange(len(names))
         for offset, (label, key, colour) in zip((-0.2, 0.2), (("untrained", "before", "#9bb7d4"),
                                                               ("trained", "after", "#1f5fa8"))):

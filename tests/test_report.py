@@ -140,3 +140,31 @@ def test_demo_command_end_to_end(tmp_path):
     cfg = mp.pipeline.load_config(out / "megapairs.toml")
     assert [s.kind for s in cfg.spaces] == ["caption"] and cfg.corpus.path == str(STAMPS)
     assert Output(out).records_parquet.is_file() and (out / "report" / "contact_sheet.png").is_file()
+
+
+def test_trained_run_shows_heldout_recall_and_curves_in_a_real_browser(run, tmp_path):
+    """After megapairs train: the page's before/after table is train/heldout.json (itself
+    checked against a float64 recount in tests/test_train.py), and the curves are a picture."""
+    out = tmp_path / "trained"
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("report", "train"))
+    result = mp.training.train(out, overrides=["train.steps=40", "train.batch_size=16", "train.holdout=0.2"],
+                               progress=False)
+    index = mp.report.write_report(out, n_pairs=2)
+    driver = browser()
+    try:
+        driver.get(index.resolve().as_uri())
+        cells = driver.execute_script(
+            "return [...document.querySelectorAll('#heldout tr')].map(r => [...r.cells].map(c => c.innerText))")
+        training = driver.execute_script(
+            "const i = document.querySelector('img[src=\"training.png\"]'); return [i.complete, i.naturalWidth]")
+        text = driver.execute_script("return document.body.innerText")
+    finally:
+        driver.quit()
+    scores = json.loads((out / "train" / "heldout.json").read_text())
+    assert scores["before"] == result.heldout["before"] and scores["after"] == result.heldout["after"]
+    assert cells[0] == ["model", "R@1", "R@5", "R@10"]
+    for row, key in zip(cells[1:], ("before", "after")):
+        assert row[1:] == [f"{scores[key][k]:.1f}" for k in ("R@1", "R@5", "R@10")]
+    assert training[0] and training[1] > 0
+    assert f"{scores['queries']} queries" in text and "40 steps" in text
+    not_blank((out / "report" / "training.png").read_bytes(), colours=10)
