@@ -7,8 +7,11 @@
 With PyTorch:
 
 >>> criterion = mp.loss.InfoNCELoss(temperature=0.02)                                # doctest: +SKIP
->>> loss = criterion(q, c, group_size=5)          # q, c: CPU float32 tensors        # doctest: +SKIP
+>>> loss = criterion(q, c, group_size=5)          # q, c: tensors, any device/dtype  # doctest: +SKIP
 >>> loss.backward()                                                                  # doctest: +SKIP
+
+CPU float32 tensors go to the C kernel; any other device or dtype to a tiled PyTorch
+implementation with the same semantics (``megapairs/_loss_torch.py``).
 
 loss = mean_i [ -s(i, pos_i) / tau + logsumexp_j s(i, j) / tau ], s = q c^T, over every
 candidate of the batch. Candidate layouts: ``group_size=G`` (query i's positive at i*G,
@@ -23,12 +26,16 @@ positive against all B queries), as CLIP-style training does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _args, _core
 
-__all__ = ["InfoNCEOutput", "infonce", "InfoNCELoss"]
+if TYPE_CHECKING:  # at run time, loaded by __getattr__ on first access (it imports torch)
+    from ._loss_torch import InfoNCELoss
+
+__all__ = ["InfoNCELoss", "InfoNCEOutput", "infonce"]
 
 
 @dataclass
@@ -58,6 +65,23 @@ def _positives(B: int, N: int, positives, group_size) -> np.ndarray:
         bad = int(np.argmax((pos < 0) | (pos >= N)))
         raise ValueError(f"positives[{bad}] = {pos[bad]} is outside [0, {N})")
     return pos.astype(np.int64)
+
+
+def _ids(ids, N: int) -> np.ndarray | None:
+    """``ids`` as (N,) int64, or None."""
+    if ids is None:
+        return None
+    ids = np.asarray(ids)
+    if ids.shape != (N,) or ids.dtype.kind not in "iu":
+        raise ValueError(f"ids must be {N} integers (one per candidate), got shape {ids.shape} dtype {ids.dtype}")
+    return ids.astype(np.int64, copy=False)
+
+
+def _layout(B: int, N: int, positives, group_size, ids) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one check of the candidate layout, shared by :func:`infonce` and ``InfoNCELoss``:
+    each query's positive as (B,) int64 indices into the N candidates, and ``ids`` as (N,)
+    int64 or None. Raises ValueError naming the argument at fault."""
+    return _positives(B, N, positives, group_size), _ids(ids, N)
 
 
 def _check(q, c, temperature):
@@ -107,11 +131,7 @@ def infonce(q, c, temperature: float = 0.02, positives=None, group_size: int | N
     q, c = _check(q, c, temperature)
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    pos = _positives(len(q), len(c), positives, group_size)
-    if ids is not None:
-        ids = np.asarray(ids)
-        if ids.shape != (len(c),) or ids.dtype.kind not in "iu":
-            raise ValueError(f"ids must be {len(c)} integers (one per candidate), got shape {ids.shape}")
+    pos, ids = _layout(len(q), len(c), positives, group_size, ids)
     threads = _args.threads(num_threads)
     loss, dq, dc, dtau, rows = _core.infonce(q, c, pos, ids, float(temperature), grad=bool(return_grad),
                                              precision=precision, num_threads=threads)
@@ -137,69 +157,14 @@ def _symmetric(q, c, pos, ids, tau, grad, precision, threads, forward):
     return out
 
 
-def _torch_classes():
-    """Build the torch autograd.Function and nn.Module on first use: importing megapairs must not
-    import torch (seconds of start-up, and a second OpenMP runtime)."""
-    import torch
-
-    class _InfoNCE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, c, tau, pos, ids, symmetric, precision):
-            qn = q.detach().contiguous().numpy()  # zero-copy views of contiguous CPU float32 tensors
-            cn = c.detach().contiguous().numpy()
-            grad = any(ctx.needs_input_grad[:3])
-            out = infonce(qn, cn, float(tau), positives=pos, ids=ids, symmetric=symmetric, return_grad=grad,
-                          precision=precision)
-            if grad:
-                ctx.save_for_backward(torch.from_numpy(out.dq), torch.from_numpy(out.dc), torch.tensor(out.dtau))
-            return q.new_tensor(out.loss)
-
-        @staticmethod
-        def backward(ctx, grad):
-            dq, dc, dtau = ctx.saved_tensors
-            return grad * dq, grad * dc, (grad * dtau).to(torch.float32), None, None, None, None
-
-    class InfoNCELoss(torch.nn.Module):
-        """InfoNCE as a ``torch.nn.Module`` backed by the fused C kernel (CPU float32 tensors,
-        zero-copy). ``learnable_temperature=True`` makes the temperature a parameter (its
-        gradient comes from the kernel); ``precision='bf16'`` runs the GEMMs in bf16.
-
-        ``forward(q, c, positives=None, group_size=None, ids=None, symmetric=False)`` takes the
-        arguments of :func:`infonce` and returns the scalar loss."""
-
-        def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False, precision: str = "fp32"):
-            super().__init__()
-            if precision not in ("fp32", "bf16"):
-                raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-            if not float(temperature) > 0:
-                raise ValueError(f"temperature must be > 0, got {temperature!r}")
-            self.precision = precision
-            t = torch.tensor(float(temperature))
-            if learnable_temperature:
-                self.temperature = torch.nn.Parameter(t)
-            else:
-                self.register_buffer("temperature", t)
-
-        def forward(self, q, c, positives=None, group_size=None, ids=None, symmetric: bool = False):
-            for name, t in (("q", q), ("c", c)):
-                if not isinstance(t, torch.Tensor):
-                    raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-                if t.device.type != "cpu" or t.dtype != torch.float32:
-                    raise ValueError(f"{name} must be a CPU float32 tensor, got {t.dtype} on {t.device}")
-            pos = _positives(q.shape[0], c.shape[0], positives, group_size)
-            ids = None if ids is None else np.asarray(ids, dtype=np.int64)
-            return _InfoNCE.apply(q, c, self.temperature, pos, ids, bool(symmetric), self.precision)
-
-    InfoNCELoss.__module__ = __name__
-    return InfoNCELoss
-
-
 def __getattr__(name: str):
-    if name == "InfoNCELoss":  # needs torch; created on first access
+    if name == "InfoNCELoss":  # needs torch: importing megapairs must not import it (seconds, a second OpenMP)
         try:
-            cls = _torch_classes()
+            from ._loss_torch import InfoNCELoss
         except ImportError as e:
+            if e.name != "torch":
+                raise
             raise AttributeError("megapairs.loss.InfoNCELoss needs PyTorch (pip install torch)") from e
-        globals()["InfoNCELoss"] = cls
-        return cls
+        globals()["InfoNCELoss"] = InfoNCELoss
+        return InfoNCELoss
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
