@@ -124,7 +124,7 @@ def grad_cache_step(query_fn: Callable, candidate_fn: Callable, query_inputs, ca
 
     1. Every sub-batch of queries and of candidates is embedded under ``torch.no_grad()``,
        after saving the torch RNG state.
-    2. The embeddings are concatenated into leaf tensors (CPU float32) that require grad; the
+    2. The embeddings are concatenated into leaf tensors that require grad; the
        loss over the whole batch is computed by ``loss_fn`` and back-propagated, which yields
        d loss / d embedding for every row (and fills the gradient of a learnable temperature
        held by ``loss_fn``).
@@ -167,8 +167,9 @@ def grad_cache_step(query_fn: Callable, candidate_fn: Callable, query_inputs, ca
     -----
     Cost: one extra forward of every encoder. Memory: the activations of one sub-batch plus
     the ``(B + N, E)`` embeddings and their gradients. Encoders on another device or dtype
-    work too: the embeddings are copied to CPU float32 for the loss and each gradient slice
-    is sent back to its sub-batch's device and dtype. The re-forward must compute the same
+    work too: the embeddings stay on their device and in their dtype for the loss
+    (``InfoNCELoss`` runs the C kernel on CPU float32 and a tiled PyTorch path elsewhere), and
+    each gradient slice is sent back to its sub-batch's device and dtype. The re-forward must compute the same
     function as the first: keep the modules' train/eval mode fixed within the step; batch
     statistics (BatchNorm in train mode) see a sub-batch, not the batch.
     """
@@ -197,7 +198,7 @@ def grad_cache_step(query_fn: Callable, candidate_fn: Callable, query_inputs, ca
             with torch.no_grad():
                 embs.append(_embedding(_call(fn, piece), rows, name).detach())
         states.append(tower_states)
-        leaves.append(torch.cat([e.to("cpu", torch.float32) for e in embs]).requires_grad_())
+        leaves.append(torch.cat(embs).requires_grad_())  # where the encoder left them: the loss runs anywhere
         del embs
 
     # 2. the loss of the whole batch and its gradient for every embedding row
