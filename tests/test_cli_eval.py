@@ -235,7 +235,10 @@ def one_line_error(result) -> str:
 def test_bad_inputs_give_one_line_and_exit_1(fiq_root, circo_root, clip_dir, tmp_path):
     model = ["--model", str(clip_dir)]
     assert one_line_error(run("eval", "coco", fiq_root, *model)) == \
-        "unknown benchmark 'coco'; the benchmarks are circo, cirr, fashioniq, genecis, mmeb, mbeir"
+        "unknown benchmark 'coco'; the benchmarks are circo, cirr, fashioniq, genecis, mmeb, mbeir, heldout, tuxpaint"
+    # --model may be left out only for the held-out task (its untrained baseline)
+    assert one_line_error(run("eval", "fashioniq", fiq_root)) == \
+        "fashioniq needs --model PATH (a CLIP checkpoint folder or hub id)"
     assert one_line_error(run("eval", "fashioniq", tmp_path / "missing", *model)) == \
         f"benchmark root '{tmp_path / 'missing'}' is not a directory"
     # options: the form, the key (named with the benchmark's keys), Python spellings, twice
