@@ -13,6 +13,19 @@ import numpy as np
 from PIL import Image
 
 
+def save_tiny_clip(folder: Path) -> Path:
+    """A seeded, randomly initialised one-layer CLIPModel saved in the Hugging Face layout."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    text = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision = text | {"image_size": 32, "patch_size": 16}
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).eval().save_pretrained(
+        folder, safe_serialization=True)
+    return folder
+
+
 def write_image(path: Path, colour=(128, 64, 32), size=(8, 8)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, tuple(int(c) for c in colour)).save(path)

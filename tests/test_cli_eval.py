@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from evaluation_fixtures import cirr_record, make_circo, make_cirr, make_fashioniq
+from evaluation_fixtures import cirr_record, make_circo, make_cirr, make_fashioniq, save_tiny_clip
 from PIL import Image
 
 import megapairs as mp
@@ -30,16 +30,7 @@ from megapairs.evaluation.models import load_model
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random-initialised CLIPModel in the Hugging Face layout (seeded)."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    text = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2}
-    vision = text | {"image_size": 32, "patch_size": 16}
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).eval().save_pretrained(
-        folder, safe_serialization=True)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

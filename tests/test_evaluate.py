@@ -21,6 +21,7 @@ from evaluation_fixtures import (
     make_mbeir,
     make_mmeb,
     ranked,
+    save_tiny_clip,
 )
 
 import megapairs as mp
@@ -286,16 +287,7 @@ def test_bad_model_output_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    text = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2}
-    vision = text | {"image_size": 32, "patch_size": 16}
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).eval().save_pretrained(
-        folder, safe_serialization=True)
-    return mp.CLIP.from_pretrained(folder)
+    return mp.CLIP.from_pretrained(save_tiny_clip(tmp_path_factory.mktemp("tiny_clip")))
 
 
 def stable_ranking(gallery, query):
