@@ -79,46 +79,10 @@ static int dnnl_type(enum mp_dtype t, dnnl_data_type_t *out) {
     return 0;
 }
 
-enum mp_status mp_matmul_strided(float *out, const int64_t out_strides[4], const float *a, const int64_t a_strides[4],
-                                 const float *b, const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M,
-                                 int64_t N, int64_t K, enum mp_precision precision) {
-    return mp_matmul_strided_typed(out, MP_DTYPE_F32, out_strides, a, MP_DTYPE_F32, a_strides, b, MP_DTYPE_F32,
-                                   b_strides, B0, B1, M, N, K, precision);
-}
-
-static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
-                             enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
-                             const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
-                             enum mp_precision precision, int accumulate);
-
-enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
-                                       enum mp_dtype a_type, const int64_t a_strides[4], const void *b,
-                                       enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0, int64_t B1,
-                                       int64_t M, int64_t N, int64_t K, enum mp_precision precision) {
-    return matmul(out, out_type, out_strides, a, a_type, a_strides, b, b_type, b_strides, B0, B1, M, N, K, precision,
-                  0);
-}
-
-enum mp_status mp_matmul_strided_accumulate(float *out, const int64_t out_strides[2], const float *a,
-                                            const int64_t a_strides[2], const float *b, const int64_t b_strides[2],
-                                            int64_t M, int64_t N, int64_t K, enum mp_precision precision) {
-    return mp_matmul_accumulate_typed(out, out_strides, a, MP_DTYPE_F32, a_strides, b, MP_DTYPE_F32, b_strides, M, N,
-                                      K, precision);
-}
-
-enum mp_status mp_matmul_accumulate_typed(float *out, const int64_t out_strides[2], const void *a,
-                                          enum mp_dtype a_type, const int64_t a_strides[2], const void *b,
-                                          enum mp_dtype b_type, const int64_t b_strides[2], int64_t M, int64_t N,
-                                          int64_t K, enum mp_precision precision) {
-    const int64_t os[4] = {M * N, M * N, out_strides[0], out_strides[1]},
-                  as[4] = {M * K, M * K, a_strides[0], a_strides[1]}, bs[4] = {K * N, K * N, b_strides[0], b_strides[1]};
-    return matmul(out, MP_DTYPE_F32, os, a, a_type, as, b, b_type, bs, 1, 1, M, N, K, precision, 1);
-}
-
-static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
-                             enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
-                             const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
-                             enum mp_precision precision, int accumulate) {
+enum mp_status mp_matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], const void *a,
+                         enum mp_dtype a_type, const int64_t a_strides[4], const void *b, enum mp_dtype b_type,
+                         const int64_t b_strides[4], int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K,
+                         enum mp_precision precision, int accumulate) {
     dnnl_data_type_t at, bt, ot;
     if (dnnl_type(a_type, &at) || dnnl_type(b_type, &bt) || dnnl_type(out_type, &ot))
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: operands must be F32 or BF16");
@@ -127,6 +91,10 @@ static enum mp_status matmul(void *out, enum mp_dtype out_type, const int64_t ou
     if (B0 < 0 || B1 < 0 || M < 0 || N < 0 || K < 0)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size %lld x %lld x (%lld, %lld, %lld)",
                         (long long)B0, (long long)B1, (long long)M, (long long)N, (long long)K);
+    if ((M > 0 && (N > INT64_MAX / M || K > INT64_MAX / M)) || (N > 0 && K > INT64_MAX / N) ||
+        (B0 > 0 && B1 > INT64_MAX / B0))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: sizes M=%lld N=%lld K=%lld overflow", (long long)M,
+                        (long long)N, (long long)K);
     if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: unknown precision %d", (int)precision);
     if (B0 == 0 || B1 == 0 || M == 0 || N == 0) return MP_STATUS_OK;
@@ -217,191 +185,104 @@ done:
     return dnnl_result(s, what);
 }
 
-enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N, int64_t K,
-                            enum mp_precision precision) {
-    if (M < 0 || N < 0 || K < 0)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: negative size M=%lld N=%lld K=%lld", (long long)M,
-                        (long long)N, (long long)K);
-    if (M > 0 && N > 0 && (M > INT64_MAX / N || (K > 0 && (M > INT64_MAX / K || N > INT64_MAX / K))))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "matmul: sizes M=%lld N=%lld K=%lld overflow", (long long)M,
-                        (long long)N, (long long)K);
-    // b is (N, K) row-major, seen as its (K, N) transpose.
-    const int64_t out_strides[4] = {M * N, M * N, N, 1}, a_strides[4] = {M * K, M * K, K, 1},
-                  b_strides[4] = {N * K, N * K, 1, K};
-    return mp_matmul_strided(out, out_strides, a, a_strides, b, b_strides, 1, 1, M, N, K, precision);
-}
+/* ---------------------------------------------------------------- matmuls with a fixed, packed B */
 
-/* ---------------------------------------------------------------- packed linear layers */
-
-struct mp_linear {
-    int64_t N, K;
-    enum mp_precision precision;
-    enum mp_activation_op activation;
-    int accumulate;
-    int weight_kn;           // weight stored (K, N) instead of (N, K)
-    const float *weight;     // (N, K), the caller's, packed from on (re)planning
-    dnnl_memory_t bias_mem;  // (1, N) f32 over the caller's bias, or NULL
-    const float *bias;
-    // Plan for the last output type (any row count): primitive, packed weights, scratchpad size.
-    int planned;
-    enum mp_dtype in_type, out_type;
-    dnnl_primitive_t prim;
-    dnnl_memory_desc_t packed_md; // owned clone of the weights md the primitive wants
-    dnnl_memory_t packed;
+struct mp_gemm {
+    struct mp_gemm_desc d;
+    dnnl_memory_t bias_mem; // (1, N) f32 over the caller's bias, or NULL
+    dnnl_primitive_t prim;  // M is a run-time dimension: one primitive serves every row count
+    dnnl_memory_t packed;   // B in the blocked layout the primitive asked for
+    dnnl_memory_desc_t packed_md;
     void *packed_buf;
-    size_t scratch_bytes;
-    uint16_t *src_bf16; // per-call bf16 copy of x
-    int64_t src_cap;
-    void *scratch;              // scratchpad of the current plan, kept across calls
+    void *scratch;
     dnnl_memory_t scratch_mem;
-    dnnl_stream_t stream;       // the layer's own stream (a layer is used by one thread at a time)
+    dnnl_stream_t stream; // the gemm's own stream (a gemm is used by one thread at a time)
 };
 
-void mp_linear_free(struct mp_linear *l) {
-    if (!l) return;
-    dnnl_primitive_destroy(l->prim);
-    dnnl_memory_destroy(l->packed);
-    dnnl_memory_desc_destroy(l->packed_md);
-    dnnl_memory_destroy(l->bias_mem);
-    dnnl_memory_destroy(l->scratch_mem);
-    dnnl_stream_destroy(l->stream);
-    free(l->scratch);
-    free(l->packed_buf);
-    free(l->src_bf16);
-    free(l);
+void mp_gemm_free(struct mp_gemm *g) {
+    if (!g) return;
+    dnnl_primitive_destroy(g->prim);
+    dnnl_memory_destroy(g->packed);
+    dnnl_memory_desc_destroy(g->packed_md);
+    dnnl_memory_destroy(g->bias_mem);
+    dnnl_memory_destroy(g->scratch_mem);
+    dnnl_stream_destroy(g->stream);
+    free(g->scratch);
+    free(g->packed_buf);
+    free(g);
 }
 
-enum mp_status mp_linear_init(struct mp_linear **out, const float *weight, const float *bias, int64_t N, int64_t K,
-                              enum mp_precision precision, enum mp_activation_op activation, int accumulate) {
-    if (!out || !weight || N <= 0 || K <= 0 || (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16) ||
-        activation < MP_OP_NONE || activation > MP_OP_QUICK_GELU)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_init: bad arguments");
-    *out = NULL;
-    enum mp_status status = engine_get();
-    if (status != MP_STATUS_OK) return status;
-    struct mp_linear *l = calloc(1, sizeof *l);
-    if (!l) return mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_init: out of memory");
-    l->weight = weight, l->bias = bias;
-    l->N = N, l->K = K, l->precision = precision, l->activation = activation, l->accumulate = accumulate;
-    if (bias) {
-        dnnl_memory_desc_t md;
-        dnnl_dims_t dims = {1, N};
-        if (dnnl_memory_desc_create_with_tag(&md, 2, dims, dnnl_f32, dnnl_ab) != dnnl_success ||
-            dnnl_memory_create(&l->bias_mem, md, engine, (void *)l->bias) != dnnl_success) {
-            dnnl_memory_desc_destroy(md);
-            mp_linear_free(l);
-            return dnnl_result(dnnl_runtime_error, "bias memory");
-        }
-        dnnl_memory_desc_destroy(md);
-    }
-    *out = l;
-    return MP_STATUS_OK;
-}
-
-enum mp_status mp_linear_init_kn(struct mp_linear **out, const float *weight, int64_t N, int64_t K,
-                                 enum mp_precision precision) {
-    enum mp_status status = mp_linear_init(out, weight, NULL, N, K, precision, MP_OP_NONE, 0);
-    if (status == MP_STATUS_OK) (*out)->weight_kn = 1;
-    return status;
-}
-
-// (Re)plans for an output type: primitive, and weights packed in the layout it asks for.
-static enum mp_status linear_plan(struct mp_linear *l, enum mp_dtype out_type) {
-    l->planned = 0; // until this plan is complete
-    dnnl_data_type_t in_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
-    dnnl_data_type_t dst_type = out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
+// Plans the primitive and packs B into the layout it asks for.
+static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
+    const struct mp_gemm_desc *d = &g->d;
+    dnnl_data_type_t in_type = d->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t dst_type = d->out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, wei_any = NULL, dst_md = NULL, bias_md = NULL, user_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t ops = NULL;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL, reorder = NULL;
-    dnnl_primitive_desc_t reorder_pd = NULL;
-    dnnl_memory_t user_mem = NULL, packed = NULL;
-    dnnl_memory_desc_t packed_md = NULL;
+    dnnl_primitive_desc_t pd = NULL, reorder_pd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_memory_t user_mem = NULL;
     dnnl_stream_t stream = NULL;
-    void *packed_buf = NULL;
     dnnl_status_t s;
-    const char *what = "linear planning";
-    // M is a run-time dimension: one primitive (one JIT) serves every row count, which text
-    // needs (each batch packs a different number of tokens).
-    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, l->K}, wei_dims = {l->K, l->N};
-    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, l->N}, bias_dims = {1, l->N};
-    dnnl_dims_t user_strides = {1, l->K}; // W (N, K) row-major seen as (K, N)
-    if (l->weight_kn) user_strides[0] = l->N, user_strides[1] = 1;
+    *what = "matmul planning";
+    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, d->K}, wei_dims = {d->K, d->N};
+    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, d->N}, bias_dims = {1, d->N};
+    dnnl_dims_t user_strides = {1, d->K}; // B (N, K) row-major seen as (K, N)
+    if (d->b_kn) user_strides[0] = d->N, user_strides[1] = 1;
     if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, in_type, dnnl_ab)) != dnnl_success) goto done;
     if ((s = dnnl_memory_desc_create_with_tag(&wei_any, 2, wei_dims, in_type, dnnl_format_tag_any)) != dnnl_success)
         goto done;
     if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dst_type, dnnl_ab)) != dnnl_success) goto done;
-    if (l->bias && (s = dnnl_memory_desc_create_with_tag(&bias_md, 2, bias_dims, dnnl_f32, dnnl_ab)) != dnnl_success)
+    if (d->bias && (s = dnnl_memory_desc_create_with_tag(&bias_md, 2, bias_dims, dnnl_f32, dnnl_ab)) != dnnl_success)
         goto done;
+    if (d->bias && (s = dnnl_memory_create(&g->bias_mem, bias_md, engine, (void *)d->bias)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
     if ((s = dnnl_post_ops_create(&ops)) != dnnl_success) goto done;
-    if (l->activation == MP_OP_GELU && (s = dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_gelu_erf, 0.0f, 0.0f)))
+    if (d->activation == MP_OP_GELU && (s = dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_gelu_erf, 0.0f, 0.0f)))
         goto done;
-    if (l->activation == MP_OP_QUICK_GELU && // x * sigmoid(1.702 x) is swish with alpha 1.702
+    if (d->activation == MP_OP_QUICK_GELU && // x * sigmoid(1.702 x) is swish with alpha 1.702
         (s = dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_swish, 1.702f, 0.0f)) != dnnl_success)
         goto done;
-    if (l->accumulate && (s = dnnl_post_ops_append_sum(ops, 1.0f, 0, dnnl_data_type_undef)) != dnnl_success) goto done;
+    if (d->accumulate && (s = dnnl_post_ops_append_sum(ops, 1.0f, 0, dnnl_data_type_undef)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_post_ops(attr, ops)) != dnnl_success) goto done;
     if ((s = dnnl_matmul_primitive_desc_create(&pd, engine, src_md, wei_any, bias_md, dst_md, attr)) != dnnl_success)
         goto done;
-    if ((s = dnnl_primitive_create(&prim, pd)) != dnnl_success) goto done;
+    if ((s = dnnl_primitive_create(&g->prim, pd)) != dnnl_success) goto done;
+    *what = "scratchpad";
     const_dnnl_memory_desc_t want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const_dnnl_memory_desc_t scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
-    what = "scratchpad";
-    if (!l->stream && (s = dnnl_stream_create(&l->stream, engine, dnnl_stream_default_flags)) != dnnl_success)
+    if ((s = dnnl_stream_create(&g->stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+    if (scratch_bytes > 0 && !(g->scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64))) {
+        s = dnnl_out_of_memory;
         goto done;
-    dnnl_memory_destroy(l->scratch_mem);
-    l->scratch_mem = NULL;
-    if (scratch_bytes > l->scratch_bytes) {
-        free(l->scratch);
-        l->scratch_bytes = 0;
-        if (!(l->scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64))) {
-            s = dnnl_out_of_memory;
-            goto done;
-        }
-        l->scratch_bytes = scratch_bytes;
     }
-    if ((s = dnnl_memory_create(&l->scratch_mem, scratch_md, engine, l->scratch)) != dnnl_success) goto done;
-    if (!l->packed_md || !dnnl_memory_desc_equal(l->packed_md, want)) { // pack (or repack) the weights
-        what = "weight packing";
-        if ((s = dnnl_memory_desc_clone(&packed_md, want)) != dnnl_success) goto done;
-        size_t bytes = dnnl_memory_desc_get_size(want);
-        if (!(packed_buf = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
-            s = dnnl_out_of_memory;
-            goto done;
-        }
-        if ((s = dnnl_memory_create(&packed, want, engine, packed_buf)) != dnnl_success) goto done;
-        if ((s = dnnl_memory_desc_create_with_strides(&user_md, 2, wei_dims, dnnl_f32, user_strides)) != dnnl_success)
-            goto done;
-        if ((s = dnnl_memory_create(&user_mem, user_md, engine, (void *)l->weight)) != dnnl_success) goto done;
-        if ((s = dnnl_reorder_primitive_desc_create(&reorder_pd, user_md, engine, want, engine, NULL)) != dnnl_success)
-            goto done;
-        if ((s = dnnl_primitive_create(&reorder, reorder_pd)) != dnnl_success) goto done;
-        if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
-        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, packed}};
-        if ((s = dnnl_primitive_execute(reorder, stream, 2, args)) != dnnl_success) goto done;
-        if ((s = dnnl_stream_wait(stream)) != dnnl_success) goto done;
-        dnnl_memory_destroy(l->packed);
-        dnnl_memory_desc_destroy(l->packed_md);
-        free(l->packed_buf);
-        l->packed = packed, l->packed_md = packed_md, l->packed_buf = packed_buf;
-        packed = NULL, packed_md = NULL, packed_buf = NULL;
+    if ((s = dnnl_memory_create(&g->scratch_mem, scratch_md, engine, g->scratch)) != dnnl_success) goto done;
+    *what = "weight packing";
+    if ((s = dnnl_memory_desc_clone(&g->packed_md, want)) != dnnl_success) goto done;
+    size_t bytes = dnnl_memory_desc_get_size(want);
+    if (!(g->packed_buf = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
+        s = dnnl_out_of_memory;
+        goto done;
     }
-    dnnl_primitive_destroy(l->prim);
-    l->prim = prim, l->planned = 1, l->out_type = out_type;
-    prim = NULL;
+    if ((s = dnnl_memory_create(&g->packed, want, engine, g->packed_buf)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_strides(&user_md, 2, wei_dims, dnnl_f32, user_strides)) != dnnl_success)
+        goto done;
+    if ((s = dnnl_memory_create(&user_mem, user_md, engine, (void *)d->b)) != dnnl_success) goto done;
+    if ((s = dnnl_reorder_primitive_desc_create(&reorder_pd, user_md, engine, want, engine, NULL)) != dnnl_success)
+        goto done;
+    if ((s = dnnl_primitive_create(&reorder, reorder_pd)) != dnnl_success) goto done;
+    if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, g->packed}};
+    if ((s = dnnl_primitive_execute(reorder, stream, 2, args)) != dnnl_success) goto done;
+    s = dnnl_stream_wait(stream);
 done:
     dnnl_stream_destroy(stream);
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(reorder_pd);
     dnnl_memory_destroy(user_mem);
-    dnnl_memory_destroy(packed);
-    dnnl_memory_desc_destroy(packed_md);
-    free(packed_buf);
-    dnnl_primitive_destroy(prim);
     dnnl_primitive_desc_destroy(pd);
     dnnl_post_ops_destroy(ops);
     dnnl_primitive_attr_destroy(attr);
@@ -410,55 +291,55 @@ done:
     dnnl_memory_desc_destroy(dst_md);
     dnnl_memory_desc_destroy(wei_any);
     dnnl_memory_desc_destroy(src_md);
-    return dnnl_result(s, what);
+    return s;
 }
 
-enum mp_status mp_linear_forward(struct mp_linear *l, float *out, const float *in, int64_t M) {
-    return mp_linear_forward_typed(l, out, MP_DTYPE_F32, in, MP_DTYPE_F32, M);
-}
-
-enum mp_status mp_linear_forward_typed(struct mp_linear *l, void *out, enum mp_dtype out_type, const void *in,
-                                       enum mp_dtype in_type, int64_t M) {
-    if (!l || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: bad arguments");
-    if ((in_type != MP_DTYPE_F32 && in_type != MP_DTYPE_BF16) || (out_type != MP_DTYPE_F32 && out_type != MP_DTYPE_BF16))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: input and output must be F32 or BF16");
-    if (l->precision == MP_PRECISION_FP32 && (in_type != MP_DTYPE_F32 || out_type != MP_DTYPE_F32))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: an fp32 layer takes and gives F32");
-    if (l->accumulate && out_type != MP_DTYPE_F32)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "linear_forward: accumulating into BF16 is not supported");
-    if (M == 0) return MP_STATUS_OK;
-    enum mp_status status = MP_STATUS_OK;
-    if ((!l->planned || l->out_type != out_type) && (status = linear_plan(l, out_type)) != MP_STATUS_OK)
-        return status;
-    const void *src = in;
-    if (l->precision == MP_PRECISION_BF16 && in_type == MP_DTYPE_F32) { // AMX takes bf16: round x once per call
-        if (M * l->K > l->src_cap) {
-            uint16_t *grown = realloc(l->src_bf16, (size_t)(M * l->K) * sizeof *grown);
-            if (!grown) return mp_error(MP_STATUS_OUT_OF_MEMORY, "linear_forward: bf16 input buffer");
-            l->src_bf16 = grown, l->src_cap = M * l->K;
-        }
-        mp_dtype_convert(l->src_bf16, MP_DTYPE_BF16, in, MP_DTYPE_F32, M * l->K);
-        src = l->src_bf16;
+enum mp_status mp_gemm_init(struct mp_gemm **out, const struct mp_gemm_desc *desc) {
+    if (!out || !desc) return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_init: NULL argument");
+    *out = NULL;
+    const struct mp_gemm_desc *d = desc;
+    if (!d->b || d->N <= 0 || d->K <= 0 || (d->precision != MP_PRECISION_FP32 && d->precision != MP_PRECISION_BF16) ||
+        d->activation < MP_OP_NONE || d->activation > MP_OP_QUICK_GELU ||
+        (d->out_type != MP_DTYPE_F32 && d->out_type != MP_DTYPE_BF16) ||
+        (d->precision == MP_PRECISION_FP32 && d->out_type != MP_DTYPE_F32) ||
+        (d->accumulate && d->out_type != MP_DTYPE_F32))
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_init: inconsistent description");
+    enum mp_status status = engine_get();
+    if (status != MP_STATUS_OK) return status;
+    struct mp_gemm *g = calloc(1, sizeof *g);
+    if (!g) return mp_error(MP_STATUS_OUT_OF_MEMORY, "gemm_init: out of memory");
+    g->d = *d;
+    const char *what;
+    dnnl_status_t s = gemm_plan(g, &what);
+    if (s != dnnl_success) {
+        mp_gemm_free(g);
+        return dnnl_result(s, what);
     }
-    dnnl_data_type_t src_type = l->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    *out = g;
+    return MP_STATUS_OK;
+}
+
+enum mp_status mp_gemm_run(struct mp_gemm *g, void *out, const void *in, int64_t M) {
+    if (!g || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_run: bad arguments");
+    if (M == 0) return MP_STATUS_OK;
+    dnnl_data_type_t src_type = g->d.precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_data_type_t dst_type = g->d.out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, dst_md = NULL;
     dnnl_memory_t src_mem = NULL, dst_mem = NULL;
     dnnl_status_t s;
-    dnnl_dims_t src_dims = {M, l->K}, dst_dims = {M, l->N};
+    dnnl_dims_t src_dims = {M, g->d.K}, dst_dims = {M, g->d.N};
     if ((s = dnnl_memory_desc_create_with_tag(&src_md, 2, src_dims, src_type, dnnl_ab)) != dnnl_success) goto done;
-    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32,
-                                              dnnl_ab)) != dnnl_success)
-        goto done;
-    if ((s = dnnl_memory_create(&src_mem, src_md, engine, (void *)src)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dst_type, dnnl_ab)) != dnnl_success) goto done;
+    if ((s = dnnl_memory_create(&src_mem, src_md, engine, (void *)in)) != dnnl_success) goto done;
     if ((s = dnnl_memory_create(&dst_mem, dst_md, engine, out)) != dnnl_success) goto done;
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, l->packed}, {DNNL_ARG_DST, dst_mem},
-                               {DNNL_ARG_SCRATCHPAD, l->scratch_mem}, {DNNL_ARG_BIAS, l->bias_mem}};
-    if ((s = dnnl_primitive_execute(l->prim, l->stream, l->bias_mem ? 5 : 4, args)) != dnnl_success) goto done;
-    s = dnnl_stream_wait(l->stream);
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, g->packed}, {DNNL_ARG_DST, dst_mem},
+                               {DNNL_ARG_SCRATCHPAD, g->scratch_mem}, {DNNL_ARG_BIAS, g->bias_mem}};
+    if ((s = dnnl_primitive_execute(g->prim, g->stream, g->bias_mem ? 5 : 4, args)) != dnnl_success) goto done;
+    s = dnnl_stream_wait(g->stream);
 done:
     dnnl_memory_destroy(dst_mem);
     dnnl_memory_destroy(src_mem);
     dnnl_memory_desc_destroy(dst_md);
     dnnl_memory_desc_destroy(src_md);
-    return dnnl_result(s, "linear execution");
+    return dnnl_result(s, "gemm execution");
 }

@@ -28,110 +28,55 @@ struct mp_onednn_info {
 // cannot create a CPU engine.
 enum mp_status mp_onednn_info(struct mp_onednn_info *info);
 
-// out = a @ b^T: the row-by-row inner products used by kNN scoring and linear layers.
-// Returns MP_STATUS_INVALID_ARGUMENT for negative sizes, MP_STATUS_OUT_OF_MEMORY when the
-// bf16 copies cannot be allocated, MP_STATUS_BACKEND when oneDNN fails.
-enum mp_status mp_matmul_nt(float            *out, // (M, N)
-                            const float      *a,   // (M, K)
-                            const float      *b,   // (N, K)
-                            int64_t           M,
-                            int64_t           N,
-                            int64_t           K,
-                            enum mp_precision precision);
+/* The one matmul door: a batch of B0 x B1 products out (+)= a @ b of (M, K) by (K, N)
+ * matrices, each operand F32 or BF16 (uint16_t bits) and given by element strides over
+ * (batch 0, batch 1, row, column): any layout, transposes included (a transposed b is b's
+ * strides swapped), so attention reads heads in place and kNN reads the corpus transposed.
+ * MP_PRECISION_FP32 needs F32 inputs; MP_PRECISION_BF16 rounds F32 inputs inside the kernel.
+ * Accumulation is fp32; with `accumulate`, out += a @ b (F32 out only). Returns
+ * MP_STATUS_INVALID_ARGUMENT for negative or overflowing sizes, MP_STATUS_OUT_OF_MEMORY,
+ * MP_STATUS_BACKEND when oneDNN fails. */
+enum mp_status mp_matmul(void *out, enum mp_dtype out_type, const int64_t out_strides[4], // (B0, B1, M, N)
+                         const void *a, enum mp_dtype a_type, const int64_t a_strides[4], // (B0, B1, M, K)
+                         const void *b, enum mp_dtype b_type, const int64_t b_strides[4], // (B0, B1, K, N)
+                         int64_t B0, int64_t B1, int64_t M, int64_t N, int64_t K, enum mp_precision precision,
+                         int accumulate);
 
-// A batch of B0 x B1 products out = a @ b of (M, K) by (K, N) matrices, each operand given by
-// element strides over (batch 0, batch 1, row, column): any layout, transposes included (a
-// transposed b is b's strides swapped). Used by attention to read heads in place.
-enum mp_status mp_matmul_strided(float            *out,  // (B0, B1, M, N) at out_strides
-                                 const int64_t     out_strides[4],
-                                 const float      *a,    // (B0, B1, M, K) at a_strides
-                                 const int64_t     a_strides[4],
-                                 const float      *b,    // (B0, B1, K, N) at b_strides
-                                 const int64_t     b_strides[4],
-                                 int64_t           B0,
-                                 int64_t           B1,
-                                 int64_t           M,
-                                 int64_t           N,
-                                 int64_t           K,
-                                 enum mp_precision precision);
+// out = a @ b^T for row-major F32 a (M, K) and b (N, K): the row-by-row inner products.
+static inline enum mp_status mp_matmul_nt(float *out, const float *a, const float *b, int64_t M, int64_t N,
+                                          int64_t K, enum mp_precision precision) {
+    const int64_t out_strides[4] = {M * N, M * N, N, 1}, a_strides[4] = {M * K, M * K, K, 1},
+                  b_strides[4] = {N * K, N * K, 1, K};
+    return mp_matmul(out, MP_DTYPE_F32, out_strides, a, MP_DTYPE_F32, a_strides, b, MP_DTYPE_F32, b_strides, 1, 1,
+                     M, N, K, precision, 0);
+}
 
-// mp_matmul_strided with each operand F32 or BF16 (uint16_t bits). MP_PRECISION_FP32 needs F32
-// inputs; MP_PRECISION_BF16 rounds F32 inputs inside the kernel. Accumulation is fp32.
-enum mp_status mp_matmul_strided_typed(void *out, enum mp_dtype out_type, const int64_t out_strides[4],
-                                       const void *a, enum mp_dtype a_type, const int64_t a_strides[4],
-                                       const void *b, enum mp_dtype b_type, const int64_t b_strides[4], int64_t B0,
-                                       int64_t B1, int64_t M, int64_t N, int64_t K, enum mp_precision precision);
-
-// out += a @ b for (M, K) by (K, N) fp32 operands given by (row, column) element strides
-// (transposes are swapped strides), the products at `precision` (bf16: inputs rounded inside
-// the kernel), accumulation fp32. Used by the loss to accumulate gradients block by block.
-enum mp_status mp_matmul_strided_accumulate(float         *out, // (M, N) at out_strides
-                                            const int64_t  out_strides[2],
-                                            const float   *a, // (M, K) at a_strides
-                                            const int64_t  a_strides[2],
-                                            const float   *b, // (K, N) at b_strides
-                                            const int64_t  b_strides[2],
-                                            int64_t           M,
-                                            int64_t           N,
-                                            int64_t           K,
-                                            enum mp_precision precision);
-
-// mp_matmul_strided_accumulate with typed operands (F32 or BF16; BF16 needs MP_PRECISION_BF16).
-enum mp_status mp_matmul_accumulate_typed(float            *out, // (M, N) at out_strides
-                                          const int64_t     out_strides[2],
-                                          const void       *a, // (M, K) at a_strides
-                                          enum mp_dtype     a_type,
-                                          const int64_t     a_strides[2],
-                                          const void       *b, // (K, N) at b_strides
-                                          enum mp_dtype     b_type,
-                                          const int64_t     b_strides[2],
-                                          int64_t           M,
-                                          int64_t           N,
-                                          int64_t           K,
-                                          enum mp_precision precision);
-
-/* A linear layer y = x @ W^T + b held by oneDNN: W (N, K) is packed once, in the blocked
- * layout the matmul kernel wants (bf16 copies for MP_PRECISION_BF16, where x is rounded to
- * bf16 per call and accumulation stays fp32). One primitive, with M a run-time dimension,
- * serves every row count. Optional fused epilogue: an activation, and/or adding the result to `out` (the
- * residual stream). `weight` and `bias` are the caller's and must outlive the layer. Not
- * safe for two threads at once. */
+/* A matmul whose B is fixed: out = in @ B^T (+ bias, activation, += out), B (N, K) row-major
+ * (or (K, N) with b_kn) packed once into the blocked layout the kernel wants (bf16 copies
+ * for MP_PRECISION_BF16). M is a run-time dimension: one primitive serves every row count.
+ * `b` and `bias` are the caller's and must outlive the gemm. The layer semantics (which
+ * input type, rounding f32 activations) live in nn/linear.c; this is oneDNN's half. A gemm
+ * must not be run by two threads at once. */
 enum mp_activation_op { MP_OP_NONE = 0, MP_OP_GELU, MP_OP_QUICK_GELU };
 
-struct mp_linear;
+struct mp_gemm_desc {
+    const float          *b;    // (N, K), or (K, N) with b_kn
+    int                   b_kn;
+    const float          *bias; // (N) or NULL
+    int64_t               N, K;
+    enum mp_precision     precision;  // the input's type: F32, or BF16 for MP_PRECISION_BF16
+    enum mp_dtype         out_type;   // F32, or BF16 for a bf16 gemm that does not accumulate
+    enum mp_activation_op activation; // applied after the bias
+    int                   accumulate; // out += ...
+};
 
-enum mp_status mp_linear_init(struct mp_linear    **linear,
-                              const float          *weight, // (N, K)
-                              const float          *bias,   // (N) or NULL
-                              int64_t               N,
-                              int64_t               K,
-                              enum mp_precision     precision,
-                              enum mp_activation_op activation,
-                              int                   accumulate); // out += x @ W^T + b
+struct mp_gemm;
 
-// A linear layer whose weight is stored the other way round, (K, N) row-major: out = x @ W.
-// No bias, activation or accumulation. (The loss multiplies by the candidates both ways.)
-enum mp_status mp_linear_init_kn(struct mp_linear **linear,
-                                 const float       *weight, // (K, N)
-                                 int64_t            N,
-                                 int64_t            K,
-                                 enum mp_precision  precision);
-
-enum mp_status mp_linear_forward(struct mp_linear *linear,
-                                 float            *out, // (M, N)
-                                 const float      *in,  // (M, K)
-                                 int64_t           M);
-
-// mp_linear_forward for a bf16 layer with BF16 activations: `in` may be BF16 (no rounding
-// pass) and `out` BF16 (rounded from the fp32 result, after the activation). An fp32 layer
-// takes only F32; an accumulating layer writes only F32.
-enum mp_status mp_linear_forward_typed(struct mp_linear *linear,
-                                       void             *out, // (M, N)
-                                       enum mp_dtype     out_type,
-                                       const void       *in,  // (M, K)
-                                       enum mp_dtype     in_type,
-                                       int64_t           M);
-
-void mp_linear_free(struct mp_linear *linear);
+enum mp_status mp_gemm_init(struct mp_gemm **gemm, const struct mp_gemm_desc *desc);
+enum mp_status mp_gemm_run(struct mp_gemm *gemm,
+                           void           *out, // (M, N) of desc->out_type
+                           const void     *in,  // (M, K) of the precision's type
+                           int64_t         M);
+void mp_gemm_free(struct mp_gemm *gemm);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include "encoders/params.h"
 #include "nn/layers.h"
+#include "nn/linear.h"
 
 struct vit_layer {
     float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ls1, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls2;

@@ -247,11 +247,11 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
                           b_strides[4] = {nc * d, nc * d, 1, d};
             if (bf16) {
                 mp_dtype_convert(c16, MP_DTYPE_BF16, cb, MP_DTYPE_F32, nc * d);
-                status = mp_matmul_strided_typed(tile, MP_DTYPE_F32, out_strides, q16, MP_DTYPE_BF16, a_strides, c16,
-                                                 MP_DTYPE_BF16, b_strides, 1, 1, nq, nc, d, precision);
+                status = mp_matmul(tile, MP_DTYPE_F32, out_strides, q16, MP_DTYPE_BF16, a_strides, c16, MP_DTYPE_BF16,
+                                   b_strides, 1, 1, nq, nc, d, precision, 0);
             } else {
-                status = mp_matmul_strided(tile, out_strides, qb, a_strides, cb, b_strides, 1, 1, nq, nc, d,
-                                           precision);
+                status = mp_matmul(tile, MP_DTYPE_F32, out_strides, qb, MP_DTYPE_F32, a_strides, cb, MP_DTYPE_F32,
+                                   b_strides, 1, 1, nq, nc, d, precision, 0);
             }
             if (status) goto done;
 #pragma omp parallel for schedule(dynamic, 16)

@@ -8,6 +8,7 @@
 #include "core/onednn.h"
 #include "core/simd.h"
 #include "core/vexp.h"
+#include "nn/linear.h"
 
 /* One row of scores s (N) -> its loss term and, in place, `scale` * p / tau, p the softmax over
  * the kept candidates (d term / d s is that minus the one-hot positive over tau: the caller
@@ -127,15 +128,18 @@ enum mp_status mp_infonce(float *loss, float *dq, float *dc, float *dtau, const 
         } else if (dq) {
             const int64_t out_s[4] = {nr * E, nr * E, E, 1}, a_s[4] = {nr * N, nr * N, N, 1},
                           b_s[4] = {N * E, N * E, E, 1};
-            if ((status = mp_matmul_strided(dq + r0 * E, out_s, block, a_s, c, b_s, 1, 1, nr, E, N, precision)))
+            if ((status = mp_matmul(dq + r0 * E, MP_DTYPE_F32, out_s, block, MP_DTYPE_F32, a_s, c, MP_DTYPE_F32, b_s,
+                                    1, 1, nr, E, N, precision, 0)))
                 goto done;
         }
         if (dc) {
-            const int64_t out_s[2] = {E, 1}, a_s[2] = {1, N}, b_s[2] = {E, 1}; // a = P^T (N, nr)
+            // a = P^T (N, nr)
+            const int64_t out_s[4] = {N * E, N * E, E, 1}, a_s[4] = {N * nr, N * nr, 1, N}, b_s[4] = {nr * E, nr * E, E, 1};
             if (bf16) mp_dtype_convert(q16, MP_DTYPE_BF16, q + r0 * E, MP_DTYPE_F32, nr * E);
-            status = bf16 ? mp_matmul_accumulate_typed(dc, out_s, block16, MP_DTYPE_BF16, a_s, q16, MP_DTYPE_BF16,
-                                                       b_s, N, E, nr, precision)
-                          : mp_matmul_strided_accumulate(dc, out_s, block, a_s, q + r0 * E, b_s, N, E, nr, precision);
+            status = bf16 ? mp_matmul(dc, MP_DTYPE_F32, out_s, block16, MP_DTYPE_BF16, a_s, q16, MP_DTYPE_BF16, b_s, 1, 1,
+                                      N, E, nr, precision, 1)
+                          : mp_matmul(dc, MP_DTYPE_F32, out_s, block, MP_DTYPE_F32, a_s, q + r0 * E, MP_DTYPE_F32, b_s,
+                                      1, 1, N, E, nr, precision, 1);
             if (status) goto done;
         }
     }

@@ -176,13 +176,12 @@ static enum mp_status attention(void *out, float *scores, void *heads, uint16_t 
             }
         const int64_t s_strides[4] = {H * T * T, T * T, T, 1}, h_strides[4] = {H * T * hd, T * hd, hd, 1},
                       kt_strides[4] = {H * hd * T, hd * T, T, 1};
-        enum mp_status status = mp_matmul_strided_typed(scores, MP_DTYPE_F32, s_strides, q, io, h_strides, kt, io,
-                                                        kt_strides, nb, H, T, T, hd, precision);
+        enum mp_status status = mp_matmul(scores, MP_DTYPE_F32, s_strides, q, io, h_strides, kt, io, kt_strides, nb,
+                                          H, T, T, hd, precision, 0);
         if (status != MP_STATUS_OK) return status;
         softmax_rows(scores, io == MP_DTYPE_BF16 ? probs : NULL, nb * H * T, T, scale);
         const void *p = io == MP_DTYPE_BF16 ? (const void *)probs : (const void *)scores;
-        status = mp_matmul_strided_typed(o, io, h_strides, p, io, s_strides, v, io, h_strides, nb, H, T, hd, T,
-                                         precision);
+        status = mp_matmul(o, io, h_strides, p, io, s_strides, v, io, h_strides, nb, H, T, hd, T, precision, 0);
         if (status != MP_STATUS_OK) return status;
         // out[b, t, h * hd + d] = o[b, h, t, d]
 #pragma omp parallel for collapse(2) schedule(static)

@@ -8,6 +8,7 @@
 #include "check.h"
 #include "megapairs.h"
 #include "nn/layers.h"
+#include "nn/linear.h"
 
 static float *random_floats(int64_t n, unsigned *seed, float scale) {
     float *x = malloc((size_t)n * sizeof *x);
@@ -140,10 +141,10 @@ static void test_matmul_strided(void) {
                 want[(i * M + m) * N + n] = (float)s;
             }
     const int64_t os[4] = {B1 * M * N, M * N, N, 1}, as[4] = {B1 * M * K, M * K, K, 1}, bs[4] = {B1 * N * K, N * K, 1, K};
-    enum mp_status s = mp_matmul_strided(out, os, a, as, b, bs, B0, B1, M, N, K, MP_PRECISION_FP32);
-    if (CHECK(s == MP_STATUS_OK, "matmul_strided: %s", mp_last_error()))
+    enum mp_status s = mp_matmul(out, MP_DTYPE_F32, os, a, MP_DTYPE_F32, as, b, MP_DTYPE_F32, bs, B0, B1, M, N, K, MP_PRECISION_FP32, 0);
+    if (CHECK(s == MP_STATUS_OK, "matmul: %s", mp_last_error()))
         check_close(out, want, B0 * B1 * M * N, 1e-5f, "matmul_strided 2x3 batch, transposed b");
-    CHECK(mp_matmul_strided(out, os, a, as, b, bs, -1, B1, M, N, K, MP_PRECISION_FP32) == MP_STATUS_INVALID_ARGUMENT,
+    CHECK(mp_matmul(out, MP_DTYPE_F32, os, a, MP_DTYPE_F32, as, b, MP_DTYPE_F32, bs, -1, B1, M, N, K, MP_PRECISION_FP32, 0) == MP_STATUS_INVALID_ARGUMENT,
           "negative batch");
     free(a), free(b);
 }
