@@ -1,33 +1,54 @@
+/* encoders/text.c: the text Transformer assembled from nn/ parts: its weight table, the
+ * embeddings of packed sequences, a stack of pre-norm (CLIP, causal) or post-norm (BERT)
+ * blocks, and the pooling. */
 #include "encoders/text.h"
 
-#include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "encoders/params.h"
+#include "nn/block.h"
 #include "nn/layers.h"
-#include "nn/linear.h"
-
-struct text_layer {
-    float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b, *ln2_w, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
-};
-
-struct text_linears {
-    struct mp_linear *proj;
-    struct mp_linear **qkv, **out, **fc1, **fc2; // per layer
-};
 
 struct mp_text {
     struct mp_text_config c;
-    struct text_linears linears[2]; // by enum mp_precision
-    float *params;
-    float *tokens, *positions, *types, *emb_ln_w, *emb_ln_b, *final_ln_w, *final_ln_b, *proj;
-    struct text_layer *layers;
-    float *arena;
-    uint16_t *arena_half;
-    size_t arena_cap, half_cap;
+    struct mp_block_config bc;
+    struct mp_weights weights;
+    const float *tokens, *positions, *types, *emb_ln_w, *emb_ln_b, *final_ln_w, *final_ln_b, *proj;
+    struct mp_block *layers;
+    struct mp_linear *projection[2]; // by enum mp_precision, packed on first use
+    struct mp_arena arena;
 };
 
+enum { D_ = 1, D3, M_, V_, P_, Y_, E_, TEXT_DIMS };
+enum { CLIP = 1u, BERT = 2u, PROJECTED = 4u };
+
+#define G(f) offsetof(struct mp_text, f)
+#define L(f) offsetof(struct mp_block, f)
+static const struct mp_weight_rule text_table[] = {
+    {"token_embedding", {V_, D_}, 0, G(tokens)},
+    {"position_embedding", {P_, D_}, 0, G(positions)},
+    {"token_type_embedding", {Y_, D_}, BERT, G(types)},
+    {"embedding_norm.weight", {D_}, BERT, G(emb_ln_w)},
+    {"embedding_norm.bias", {D_}, BERT, G(emb_ln_b)},
+    {"layers.{i}.norm1.weight", {D_}, 0, L(ln1_w)},
+    {"layers.{i}.norm1.bias", {D_}, 0, L(ln1_b)},
+    {"layers.{i}.attn.qkv.weight", {D3, D_}, 0, L(qkv_w)},
+    {"layers.{i}.attn.qkv.bias", {D3}, 0, L(qkv_b)},
+    {"layers.{i}.attn.out.weight", {D_, D_}, 0, L(out_w)},
+    {"layers.{i}.attn.out.bias", {D_}, 0, L(out_b)},
+    {"layers.{i}.norm2.weight", {D_}, 0, L(ln2_w)},
+    {"layers.{i}.norm2.bias", {D_}, 0, L(ln2_b)},
+    {"layers.{i}.mlp.fc1.weight", {M_, D_}, 0, L(fc1_w)},
+    {"layers.{i}.mlp.fc1.bias", {M_}, 0, L(fc1_b)},
+    {"layers.{i}.mlp.fc2.weight", {D_, M_}, 0, L(fc2_w)},
+    {"layers.{i}.mlp.fc2.bias", {D_}, 0, L(fc2_b)},
+    {"final_norm.weight", {D_}, CLIP, G(final_ln_w)},
+    {"final_norm.bias", {D_}, CLIP, G(final_ln_b)},
+    {"projection", {E_, D_}, CLIP | PROJECTED, G(proj)},
+};
+#undef G
+#undef L
 
 static int config_valid(const struct mp_text_config *c) {
     int clip = c->kind == MP_TEXT_CLIP, bert = c->kind == MP_TEXT_BERT;
@@ -37,141 +58,40 @@ static int config_valid(const struct mp_text_config *c) {
            (c->activation == MP_ACTIVATION_GELU || c->activation == MP_ACTIVATION_QUICK_GELU);
 }
 
-
-
-// The canonical order (see text.h), in one place, as encoders/vit.c walks it.
-static int64_t walk(const struct mp_text_config *c, int64_t *numel, struct mp_text *m) {
-    int64_t D = c->width, M = c->mlp;
-    int bert = c->kind == MP_TEXT_BERT;
-    struct mp_walker w = {0, numel, m ? m->params : NULL};
-    struct mp_text scratch = {0}, *t = m ? m : &scratch;
-    t->tokens = mp_walker_take(&w, c->vocab * D);
-    t->positions = mp_walker_take(&w, c->positions * D);
-    if (bert) {
-        t->types = mp_walker_take(&w, c->token_types * D);
-        t->emb_ln_w = mp_walker_take(&w, D);
-        t->emb_ln_b = mp_walker_take(&w, D);
-    }
-    for (int64_t l = 0; l < c->layers; l++) {
-        struct text_layer layer = {0}, *y = m ? &m->layers[l] : &layer;
-        y->ln1_w = mp_walker_take(&w, D);
-        y->ln1_b = mp_walker_take(&w, D);
-        y->qkv_w = mp_walker_take(&w, 3 * D * D);
-        y->qkv_b = mp_walker_take(&w, 3 * D);
-        y->out_w = mp_walker_take(&w, D * D);
-        y->out_b = mp_walker_take(&w, D);
-        y->ln2_w = mp_walker_take(&w, D);
-        y->ln2_b = mp_walker_take(&w, D);
-        y->fc1_w = mp_walker_take(&w, M * D);
-        y->fc1_b = mp_walker_take(&w, M);
-        y->fc2_w = mp_walker_take(&w, D * M);
-        y->fc2_b = mp_walker_take(&w, D);
-    }
-    if (!bert) {
-        t->final_ln_w = mp_walker_take(&w, D);
-        t->final_ln_b = mp_walker_take(&w, D);
-        if (c->projection > 0) t->proj = mp_walker_take(&w, c->projection * D);
-    }
-    return w.n;
-}
-
-int64_t mp_text_tensor_count(const struct mp_text_config *c) {
-    return c && config_valid(c) ? walk(c, NULL, NULL) : -1;
-}
-
-int64_t mp_text_tensor_numel(const struct mp_text_config *c, int64_t i) {
-    int64_t n = mp_text_tensor_count(c);
-    if (n < 0 || i < 0 || i >= n) return -1;
-    int64_t *numel = malloc((size_t)n * sizeof *numel);
-    if (!numel) return -1;
-    walk(c, numel, NULL);
-    int64_t result = numel[i];
-    free(numel);
-    return result;
-}
-
-enum mp_status mp_text_init(struct mp_text **out, const struct mp_text_config *c, const float *const *tensors,
-                            int64_t count) {
-    if (!out || !c || !tensors) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_init: NULL argument");
+enum mp_status mp_text_init(struct mp_text **out, const struct mp_text_config *c, const struct mp_checkpoint *ck) {
+    if (!out || !c || !ck) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_init: NULL argument");
     *out = NULL;
     if (!config_valid(c)) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_init: inconsistent config");
-    int64_t expected = walk(c, NULL, NULL);
-    if (count != expected)
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_init: %lld tensors given, the config needs %lld",
-                        (long long)count, (long long)expected);
-    int64_t *numel = malloc((size_t)count * sizeof *numel);
-    struct mp_text *m = numel ? calloc(1, sizeof *m) : NULL;
-    struct text_layer *layers = m ? calloc((size_t)c->layers, sizeof *layers) : NULL;
+    struct mp_text *m = calloc(1, sizeof *m);
+    struct mp_block *layers = m ? calloc((size_t)c->layers, sizeof *layers) : NULL;
     if (!layers) {
-        free(m), free(numel);
+        free(m);
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "text_init: cannot allocate the model");
     }
-    walk(c, numel, NULL);
-    float *params;
-    enum mp_status status = mp_params_copy(&params, tensors, numel, count, "text_init");
-    free(numel);
-    if (status) {
-        free(layers), free(m);
-        return status;
-    }
     m->c = *c;
-    m->params = params;
     m->layers = layers;
-    walk(c, NULL, m);
+    m->bc = (struct mp_block_config){c->width, c->heads, c->mlp, 0, c->kind == MP_TEXT_BERT, c->eps, c->activation};
+    int64_t dims[TEXT_DIMS] = {0};
+    dims[D_] = c->width, dims[D3] = 3 * c->width, dims[M_] = c->mlp, dims[V_] = c->vocab, dims[P_] = c->positions;
+    dims[Y_] = c->token_types, dims[E_] = c->projection;
+    uint32_t flags = (c->kind == MP_TEXT_CLIP ? CLIP : BERT) | (c->projection > 0 ? PROJECTED : 0);
+    enum mp_status s = mp_weights_bind(&m->weights, m, layers, sizeof *layers, c->layers, text_table,
+                                       (int64_t)(sizeof text_table / sizeof *text_table), dims, flags, ck, "text_init");
+    if (s) {
+        mp_text_free(m);
+        return s;
+    }
     *out = m;
     return MP_STATUS_OK;
 }
 
-static void linears_free(struct text_linears *ls, int64_t layers) {
-    mp_linear_free(ls->proj);
-    for (int64_t l = 0; ls->qkv && l < layers; l++) {
-        mp_linear_free(ls->qkv[l]);
-        mp_linear_free(ls->out[l]);
-        mp_linear_free(ls->fc1[l]);
-        mp_linear_free(ls->fc2[l]);
-    }
-    free(ls->qkv), free(ls->out), free(ls->fc1), free(ls->fc2);
-    memset(ls, 0, sizeof *ls);
-}
-
-// The linear layers for `precision`, packed on first use: bias, activation and (for the
-// pre-norm CLIP and the post-norm BERT alike) the residual add fused into the matmul.
-static enum mp_status linears_init(struct mp_text *m, enum mp_precision precision) {
-    struct text_linears *ls = &m->linears[precision];
-    if (ls->qkv) return MP_STATUS_OK;
-    const struct mp_text_config *c = &m->c;
-    int64_t D = c->width, M = c->mlp, L = c->layers;
-    enum mp_activation_op act = c->activation == MP_ACTIVATION_QUICK_GELU ? MP_OP_QUICK_GELU : MP_OP_GELU;
-    enum mp_status s;
-    if (!(ls->qkv = calloc((size_t)L, sizeof *ls->qkv)) || !(ls->out = calloc((size_t)L, sizeof *ls->out)) ||
-        !(ls->fc1 = calloc((size_t)L, sizeof *ls->fc1)) || !(ls->fc2 = calloc((size_t)L, sizeof *ls->fc2))) {
-        s = mp_error(MP_STATUS_OUT_OF_MEMORY, "text: cannot allocate layer tables");
-        goto fail;
-    }
-    if (m->proj && (s = mp_linear_init(&ls->proj, m->proj, NULL, c->projection, D, precision, MP_OP_NONE, 0)))
-        goto fail;
-    for (int64_t l = 0; l < L; l++) {
-        const struct text_layer *w = &m->layers[l];
-        if ((s = mp_linear_init(&ls->qkv[l], w->qkv_w, w->qkv_b, 3 * D, D, precision, MP_OP_NONE, 0)) ||
-            (s = mp_linear_init(&ls->out[l], w->out_w, w->out_b, D, D, precision, MP_OP_NONE, 1)) ||
-            (s = mp_linear_init(&ls->fc1[l], w->fc1_w, w->fc1_b, M, D, precision, act, 0)) ||
-            (s = mp_linear_init(&ls->fc2[l], w->fc2_w, w->fc2_b, D, M, precision, MP_OP_NONE, 1)))
-            goto fail;
-    }
-    return MP_STATUS_OK;
-fail:
-    linears_free(ls, L);
-    return s;
-}
-
 void mp_text_free(struct mp_text *m) {
     if (!m) return;
-    linears_free(&m->linears[0], m->c.layers);
-    linears_free(&m->linears[1], m->c.layers);
+    for (int64_t l = 0; m->layers && l < m->c.layers; l++) mp_block_release(&m->layers[l]);
+    for (int p = 0; p < 2; p++) mp_linear_free(m->projection[p]);
     free(m->layers);
-    free(m->params);
-    free(m->arena);
-    free(m->arena_half);
+    mp_weights_free(&m->weights);
+    mp_arena_free(&m->arena);
     free(m);
 }
 
@@ -212,6 +132,8 @@ enum mp_status mp_text_encode(struct mp_text *m, float *out, const int64_t *ids,
                               enum mp_precision precision) {
     if (!m || N < 0 || !offsets || (N > 0 && (!out || !ids)))
         return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_encode: bad arguments");
+    if (precision != MP_PRECISION_FP32 && precision != MP_PRECISION_BF16)
+        return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_encode: unknown precision %d", (int)precision);
     const struct mp_text_config *c = &m->c;
     int64_t out_dim = mp_text_output_dim(m, pooling);
     if (out_dim == 0) return mp_error(MP_STATUS_INVALID_ARGUMENT, "text_encode: this model has no such pooling");
@@ -220,27 +142,21 @@ enum mp_status mp_text_encode(struct mp_text *m, float *out, const int64_t *ids,
     if (N == 0) return MP_STATUS_OK;
     enum mp_status status = check_input(c, ids, types, offsets, N);
     if (status) return status;
-    int64_t D = c->width, M = c->mlp, R = offsets[N];
-    int bf16 = precision == MP_PRECISION_BF16, bert = c->kind == MP_TEXT_BERT;
+    int64_t D = c->width, R = offsets[N];
+    int bert = c->kind == MP_TEXT_BERT;
 
-    // Activations, one allocation: x residual (R, D), h LayerNorm output (R, D), qkv (R, 3D),
-    // att (R, D), mlp (R, M), pooled (N, D); bf16 runs keep h and mlp in bf16.
-    size_t sizes[] = {(size_t)(R * D), (size_t)(R * D), (size_t)(R * 3 * D), (size_t)(R * D),
-                      bf16 ? 0 : (size_t)(R * M), (size_t)(N * D)};
-    size_t halves[] = {(size_t)(R * D), (size_t)(R * M)};
-    size_t total = 0, total_half = bf16 ? halves[0] + halves[1] : 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
-    if (mp_arena_reserve((void **)&m->arena, &m->arena_cap, total, sizeof *m->arena) ||
-       mp_arena_reserve((void **)&m->arena_half, &m->half_cap, total_half, sizeof *m->arena_half))
-        return mp_error(MP_STATUS_OUT_OF_MEMORY, "text_encode: cannot allocate activations for %lld tokens",
-                        (long long)R);
-    float *x = m->arena, *h = x + sizes[0], *qkv = h + sizes[1], *att = qkv + sizes[2], *mlp = att + sizes[3];
-    float *pooled = mlp + sizes[4];
-    uint16_t *h16 = bf16 ? m->arena_half : NULL, *mlp16 = bf16 ? h16 + halves[0] : NULL;
-
-    if ((status = linears_init(m, precision))) return status;
-    const struct text_linears *ls = &m->linears[precision];
-    const enum mp_dtype F32 = MP_DTYPE_F32, BF16 = MP_DTYPE_BF16;
+    // Activations, one arena: x residual (R, D), pooled (N, D), then the blocks' buffers.
+    struct mp_tokens tokens = {.rows = R, .offsets = offsets, .N = N, .causal = !bert};
+    struct mp_block_buffers buf;
+    size_t block32, block16;
+    mp_block_buffers(&buf, NULL, NULL, &block32, &block16, &m->bc, &tokens, precision);
+    if ((status = mp_arena_reserve(&m->arena, (size_t)(R * D + N * D) + block32, block16, "text_encode")))
+        return status;
+    float *x = m->arena.f32, *pooled = x + R * D;
+    mp_block_buffers(&buf, pooled + N * D, m->arena.bf16, &block32, &block16, &m->bc, &tokens, precision);
+    if (m->proj && !m->projection[precision] &&
+        (status = mp_linear_init(&m->projection[precision], m->proj, NULL, c->projection, D, precision, MP_OP_NONE, 0)))
+        return status;
 
     // Embeddings: token + position (+ token type), positions counted per sequence.
 #pragma omp parallel for schedule(static)
@@ -253,57 +169,14 @@ enum mp_status mp_text_encode(struct mp_text *m, float *out, const int64_t *ids,
         }
     if (bert) layernorm_forward(x, x, m->emb_ln_w, m->emb_ln_b, R, D, c->eps);
 
-    for (int64_t l = 0; l < c->layers; l++) {
-        const struct text_layer *w = &m->layers[l];
-        if (!bert) { // pre-norm: x += attn(ln1(x)); x += mlp(ln2(x))
-            if (bf16) {
-                layernorm_forward_bf16(h16, x, w->ln1_w, w->ln1_b, R, D, c->eps);
-                status = mp_linear_forward_typed(ls->qkv[l], qkv, F32, h16, BF16, R);
-            } else {
-                layernorm_forward(h, x, w->ln1_w, w->ln1_b, R, D, c->eps);
-                status = mp_linear_forward(ls->qkv[l], qkv, h, R);
-            }
-            if (status) return status;
-            if ((status = attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 1)) ||
-                (status = mp_linear_forward(ls->out[l], x, att, R)))
-                return status;
-            if (bf16) {
-                layernorm_forward_bf16(h16, x, w->ln2_w, w->ln2_b, R, D, c->eps);
-                if ((status = mp_linear_forward_typed(ls->fc1[l], mlp16, BF16, h16, BF16, R)) ||
-                    (status = mp_linear_forward_typed(ls->fc2[l], x, F32, mlp16, BF16, R)))
-                    return status;
-            } else {
-                layernorm_forward(h, x, w->ln2_w, w->ln2_b, R, D, c->eps);
-                if ((status = mp_linear_forward(ls->fc1[l], mlp, h, R)) ||
-                    (status = mp_linear_forward(ls->fc2[l], x, mlp, R)))
-                    return status;
-            }
-            continue;
-        }
-        // post-norm: x = ln1(x + attn(x)); x = ln2(x + mlp(x))
-        if ((status = mp_linear_forward(ls->qkv[l], qkv, x, R))) return status;
-        if ((status = attention_varlen_forward(att, qkv, offsets, N, D, c->heads, 0)) ||
-            (status = mp_linear_forward(ls->out[l], x, att, R)))
-            return status;
-        layernorm_forward(x, x, w->ln1_w, w->ln1_b, R, D, c->eps);
-        if (bf16)
-            status = mp_linear_forward_typed(ls->fc1[l], mlp16, BF16, x, F32, R);
-        else
-            status = mp_linear_forward(ls->fc1[l], mlp, x, R);
-        if (status) return status;
-        if (bf16)
-            status = mp_linear_forward_typed(ls->fc2[l], x, F32, mlp16, BF16, R);
-        else
-            status = mp_linear_forward(ls->fc2[l], x, mlp, R);
-        if (status) return status;
-        layernorm_forward(x, x, w->ln2_w, w->ln2_b, R, D, c->eps);
-    }
+    for (int64_t l = 0; l < c->layers; l++)
+        if ((status = mp_block_forward(x, &buf, &m->layers[l], &m->bc, &tokens, precision))) return status;
 
     if (!bert) { // the last token of each sequence, final LayerNorm, projection
         for (int64_t s = 0; s < N; s++) memcpy(pooled + s * D, x + (offsets[s + 1] - 1) * D, (size_t)D * sizeof *x);
         float *dst = m->proj ? pooled : out;
         layernorm_forward(dst, pooled, m->final_ln_w, m->final_ln_b, N, D, c->eps);
-        return m->proj ? mp_linear_forward(ls->proj, out, pooled, N) : MP_STATUS_OK;
+        return m->proj ? mp_linear_forward(m->projection[precision], out, pooled, N) : MP_STATUS_OK;
     }
     if (pooling == MP_TEXT_POOL_CLS) {
         for (int64_t s = 0; s < N; s++) memcpy(out + s * D, x + offsets[s] * D, (size_t)D * sizeof *x);

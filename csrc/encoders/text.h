@@ -2,23 +2,24 @@
  * encoders, on packed token sequences of any lengths (no padding is ever computed).
  *
  *     struct mp_text *m;
- *     mp_text_init(&m, &config, tensors, count);   // tensors in mp_text's canonical order
+ *     mp_text_init(&m, &config, &checkpoint);      // weights by name, see weights/bind.h
  *     int64_t offsets[] = {0, 9, 21};               // two sequences: 9 and 12 tokens
  *     mp_text_encode(m, out, ids, NULL, offsets, 2, MP_TEXT_POOL_LAST, MP_PRECISION_FP32);
  *     mp_text_free(m);
  *
- * Canonical tensor order (the Python layer maps checkpoint names to it). V vocabulary, P
- * positions, D width, M mlp, E projection, Y token types.
- *   MP_TEXT_CLIP: token_embedding (V, D), position_embedding (P, D), the layers,
- *                 final_ln_weight (D), final_ln_bias (D), projection (E, D) if E > 0.
- *   MP_TEXT_BERT: word_embedding (V, D), position_embedding (P, D), token_type_embedding (Y, D),
- *                 embedding_ln_weight (D), embedding_ln_bias (D), the layers.
- *   Per layer: ln1_weight, ln1_bias (D), qkv_weight (3D, D), qkv_bias (3D), out_weight (D, D),
- *              out_bias (D), ln2_weight, ln2_bias (D), fc1_weight (M, D), fc1_bias (M),
- *              fc2_weight (D, M), fc2_bias (D).
+ * Tensors by canonical name (encoders/text.c has the table; layouts alias their own names
+ * onto these, see weights/bind.h). V vocabulary, P positions, D width, M mlp, E projection,
+ * Y token types:
+ *   token_embedding (V, D), position_embedding (P, D),
+ *   token_type_embedding (Y, D), embedding_norm.weight, embedding_norm.bias (D) [BERT],
+ *   layers.{i}.norm1.weight, .norm1.bias (D), layers.{i}.attn.qkv.weight (3D, D), .qkv.bias (3D),
+ *   layers.{i}.attn.out.weight (D, D), .out.bias (D), layers.{i}.norm2.weight, .norm2.bias (D),
+ *   layers.{i}.mlp.fc1.weight (M, D), .fc1.bias (M), layers.{i}.mlp.fc2.weight (D, M), .fc2.bias (D),
+ *   final_norm.weight, final_norm.bias (D) [CLIP], projection (E, D) [CLIP, E > 0].
  *   CLIP is pre-norm with a causal mask: x += attn(ln1(x)); x += mlp(ln2(x)).
  *   BERT is post-norm, unmasked: x = ln1(x + attn(x)); x = ln2(x + mlp(x)).
- * The handle copies the weights and must not be used by two threads at once. */
+ * F32 tensors are used in place from the mapping (the handle holds the file). A handle must
+ * not be used by two threads at once. */
 #ifndef MP_ENCODERS_TEXT_H
 #define MP_ENCODERS_TEXT_H
 
@@ -26,7 +27,8 @@
 
 #include "core/onednn.h"
 #include "core/status.h"
-#include "encoders/vit.h"
+#include "nn/activation.h"
+#include "weights/bind.h"
 
 enum mp_text_kind { MP_TEXT_CLIP = 0, MP_TEXT_BERT };
 
@@ -52,13 +54,10 @@ struct mp_text_config {
 
 struct mp_text;
 
-// Number of tensors mp_text_init expects (-1 for an inconsistent config), and the element
-// count of tensor i (-1 when out of range).
-int64_t mp_text_tensor_count(const struct mp_text_config *config);
-int64_t mp_text_tensor_numel(const struct mp_text_config *config, int64_t i);
-
-enum mp_status mp_text_init(struct mp_text **text, const struct mp_text_config *config, const float *const *tensors,
-                            int64_t count);
+// Reads the weights of `config` from `checkpoint`. Returns MP_STATUS_INVALID_ARGUMENT for an
+// inconsistent config, MP_STATUS_BAD_FORMAT naming a missing or misshapen tensor.
+enum mp_status mp_text_init(struct mp_text **text, const struct mp_text_config *config,
+                            const struct mp_checkpoint *checkpoint);
 
 // Encodes N packed sequences: sequence s is ids[offsets[s] .. offsets[s + 1]), 1 to P tokens,
 // positions counted from 0 in each. token_types is NULL (all type 0) or packed like ids (BERT

@@ -1,24 +1,28 @@
 /* encoders/vit.h: one Vision Transformer trunk for CLIP vision towers and DINOv2.
  *
+ *     struct mp_safetensors *st;
+ *     mp_safetensors_open(&st, "dinov2/model.safetensors");
+ *     struct mp_weight_alias aliases[] = {{"class_embedding", "embeddings.cls_token"}, ...};
+ *     struct mp_checkpoint ck = {&st, 1, aliases, n_aliases};
  *     struct mp_vit *vit;
- *     mp_vit_init(&vit, &config, tensors, count);   // tensors in mp_vit's canonical order
+ *     mp_vit_init(&vit, &config, &ck);       // the model holds the file; st may be closed now
  *     mp_vit_encode(vit, out, pixels, N, S, NULL, MP_VIT_POOL_CLS, MP_PRECISION_FP32);
  *     mp_vit_free(vit);
  *
- * Canonical tensor order (the Python layer maps checkpoint names to it; mp_vit_tensor_numel
- * gives each size). D width, p patch, G = image_size / p, M mlp, E projection, R registers.
- *   MP_VIT_CLIP:   class_embedding (D), patch_weight (D, 3, p, p), position_embedding (1 + G*G, D),
- *                  pre_ln_weight (D), pre_ln_bias (D), the layers, post_ln_weight (D),
- *                  post_ln_bias (D), projection (E, D).
- *   MP_VIT_DINOV2: class_embedding (D), register_tokens (R, D) if R > 0, patch_weight (D, 3, p, p),
- *                  patch_bias (D), position_embedding (1 + G*G, D), the layers, norm_weight (D),
- *                  norm_bias (D).
- *   Per layer: ln1_weight, ln1_bias (D), qkv_weight (3D, D), qkv_bias (3D), out_weight (D, D),
- *              out_bias (D), [DINOv2: layer_scale1 (D)], ln2_weight, ln2_bias (D),
- *              fc1_weight (M, D) (SwiGLU: (2M, D), the gate rows then the up rows), fc1_bias,
- *              fc2_weight (D, M), fc2_bias (D), [DINOv2: layer_scale2 (D)].
- * The handle copies the weights (LayerScale is folded into the output projections); a handle
- * must not be used by two threads at once. */
+ * Tensors by canonical name (encoders/vit.c has the table; a checkpoint layout maps its own
+ * names onto these with aliases, see weights/bind.h). D width, p patch, G = image_size / p,
+ * M mlp (M1 = 2M with SwiGLU: the gate rows then the up rows), E projection, R registers:
+ *   class_embedding (D), register_tokens (R, D) [DINOv2, R > 0],
+ *   patch_embedding.weight (D, 3, p, p), patch_embedding.bias (D) [DINOv2],
+ *   position_embedding (1 + G*G, D), pre_norm.weight, pre_norm.bias (D) [CLIP],
+ *   layers.{i}.norm1.weight, .norm1.bias (D), layers.{i}.attn.qkv.weight (3D, D), .qkv.bias (3D),
+ *   layers.{i}.attn.out.weight (D, D), .out.bias (D), layers.{i}.scale1 (D) [DINOv2],
+ *   layers.{i}.norm2.weight, .norm2.bias (D), layers.{i}.mlp.fc1.weight (M1, D), .fc1.bias (M1),
+ *   layers.{i}.mlp.fc2.weight (D, M), .fc2.bias (D), layers.{i}.scale2 (D) [DINOv2],
+ *   post_norm.weight, post_norm.bias (D), projection (E, D) [CLIP].
+ * LayerScale is folded into the output projections (those tensors are copied); F32 tensors
+ * are otherwise used in place from the mapping. A handle must not be used by two threads at
+ * once. */
 #ifndef MP_ENCODERS_VIT_H
 #define MP_ENCODERS_VIT_H
 
@@ -26,9 +30,10 @@
 
 #include "core/onednn.h"
 #include "core/status.h"
+#include "nn/activation.h"
+#include "weights/bind.h"
 
 enum mp_vit_kind { MP_VIT_CLIP = 0, MP_VIT_DINOV2 };
-enum mp_activation { MP_ACTIVATION_GELU = 0, MP_ACTIVATION_QUICK_GELU };
 
 // What mp_vit_encode returns per image. CLIP: only CLS (the projected class token).
 // DINOv2: CLS = the class token after the final norm (transformers' pooler_output);
@@ -53,14 +58,10 @@ struct mp_vit_config {
 
 struct mp_vit;
 
-// Number of tensors mp_vit_init expects for `config` (-1 for an inconsistent config), and the
-// element count of tensor i (-1 when out of range).
-int64_t mp_vit_tensor_count(const struct mp_vit_config *config);
-int64_t mp_vit_tensor_numel(const struct mp_vit_config *config, int64_t i);
-
-// Returns MP_STATUS_INVALID_ARGUMENT for an inconsistent config or count.
-enum mp_status mp_vit_init(struct mp_vit **vit, const struct mp_vit_config *config, const float *const *tensors,
-                           int64_t count);
+// Reads the weights of `config` from `checkpoint`. Returns MP_STATUS_INVALID_ARGUMENT for an
+// inconsistent config, MP_STATUS_BAD_FORMAT naming a missing or misshapen tensor.
+enum mp_status mp_vit_init(struct mp_vit **vit, const struct mp_vit_config *config,
+                           const struct mp_checkpoint *checkpoint);
 
 // Embeds N preprocessed S x S images (the patch grid is S / p per side, as a stride-p
 // convolution floors it). `positions` holds position embeddings for that grid, (1 + g*g, D)
@@ -78,6 +79,9 @@ enum mp_status mp_vit_encode(struct mp_vit      *vit,
 
 // Width of one output row for `pooling`; 0 if the model does not offer it.
 int64_t mp_vit_output_dim(const struct mp_vit *vit, enum mp_vit_pooling pooling);
+
+// The checkpoint's position table, (1 + G*G, D).
+const float *mp_vit_positions(const struct mp_vit *vit);
 
 void mp_vit_free(struct mp_vit *vit);
 

@@ -365,78 +365,88 @@ static int dict_int(PyObject *dict, const char *key, int64_t *out) {
     return 0;
 }
 
-// A model's tensors as float32 arrays, each checked against the size the config gives it.
-struct tensor_list {
-    Py_ssize_t n;
-    PyArrayObject **arrays;
-    const float **ptrs;
-};
-
-static void tensor_list_free(struct tensor_list *t) {
-    for (Py_ssize_t i = 0; t->arrays && i < t->n; i++) Py_XDECREF(t->arrays[i]);
-    PyMem_Free(t->arrays);
-    PyMem_Free(t->ptrs);
-    memset(t, 0, sizeof *t);
-}
-
-// Fills `t` from the sequence `obj`; `expected` tensors (-1: the config is inconsistent),
-// tensor i of numel(config, i) elements. -1 with an exception set on failure.
-static int tensor_list_init(struct tensor_list *t, PyObject *obj, int64_t expected,
-                            int64_t (*numel)(const void *config, int64_t i), const void *config) {
-    memset(t, 0, sizeof *t);
-    if (expected < 0) {
-        PyErr_SetString(PyExc_ValueError, "inconsistent model config");
-        return -1;
-    }
-    PyObject *seq = PySequence_Fast(obj, "tensors must be a sequence");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n != expected) {
-        PyErr_Format(PyExc_ValueError, "the config needs %lld tensors, got %zd", (long long)expected, n);
-        goto fail;
-    }
-    t->arrays = PyMem_Calloc((size_t)n + 1, sizeof *t->arrays);
-    t->ptrs = PyMem_Calloc((size_t)n + 1, sizeof *t->ptrs);
-    if (!t->arrays || !t->ptrs) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    t->n = n;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        t->arrays[i] = (PyArrayObject *)PyArray_FROM_OTF(PySequence_Fast_GET_ITEM(seq, i), NPY_FLOAT32,
-                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
-        if (!t->arrays[i]) goto fail;
-        int64_t want = numel(config, i);
-        if (PyArray_SIZE(t->arrays[i]) != want) {
-            PyErr_Format(PyExc_ValueError, "tensor %zd has %zd elements, the config needs %lld", i,
-                         (Py_ssize_t)PyArray_SIZE(t->arrays[i]), (long long)want);
-            goto fail;
-        }
-        t->ptrs[i] = PyArray_DATA(t->arrays[i]);
-    }
-    Py_DECREF(seq);
-    return 0;
-fail:
-    Py_DECREF(seq);
-    tensor_list_free(t);
+// The enum value named `key` in config: one of names[0..count), or -1 with ValueError.
+static int dict_name(PyObject *dict, const char *key, const char *const *names, int count, int *out) {
+    PyObject *v = PyDict_GetItemString(dict, key); // borrowed
+    const char *name = v ? PyUnicode_AsUTF8(v) : NULL;
+    if (!v) PyErr_Format(PyExc_ValueError, "config has no '%s'", key);
+    if (!name) return -1;
+    for (int i = 0; i < count; i++)
+        if (strcmp(name, names[i]) == 0) return *out = i, 0;
+    PyErr_Format(PyExc_ValueError, "config '%s' is %R, not one of the names the core knows", key, v);
     return -1;
 }
 
-static int64_t vit_numel(const void *config, int64_t i) { return mp_vit_tensor_numel(config, i); }
-static int64_t text_numel(const void *config, int64_t i) { return mp_text_tensor_numel(config, i); }
+static const char *const ACTIVATIONS[] = {"gelu", "quick_gelu"}; // enum mp_activation
+
+// A checkpoint for mp_*_init: the readers' handles and the aliases, with the Python objects
+// that own them held until checkpoint_args_free (the GIL is released while they are read).
+struct checkpoint_args {
+    PyObject *files, *items; // a fast sequence of readers; a list of (name, source) pairs
+    struct mp_safetensors **handles;
+    struct mp_weight_alias *aliases;
+    struct mp_checkpoint ck;
+};
+
+static void checkpoint_args_free(struct checkpoint_args *a) {
+    Py_XDECREF(a->files);
+    Py_XDECREF(a->items);
+    PyMem_Free(a->handles);
+    PyMem_Free(a->aliases);
+    memset(a, 0, sizeof *a);
+}
+
+static struct mp_safetensors *reader_handle(PyObject *obj);
+
+static int checkpoint_args_init(struct checkpoint_args *a, PyObject *files, PyObject *aliases) {
+    memset(a, 0, sizeof *a);
+    if (!PyDict_Check(aliases)) {
+        PyErr_SetString(PyExc_TypeError, "aliases must be a dict of str to str");
+        return -1;
+    }
+    if (!(a->files = PySequence_Fast(files, "files must be a sequence of SafetensorsReader")) ||
+        !(a->items = PyDict_Items(aliases)))
+        goto fail;
+    Py_ssize_t n_files = PySequence_Fast_GET_SIZE(a->files), n_aliases = PyList_GET_SIZE(a->items);
+    a->handles = PyMem_Calloc((size_t)n_files + 1, sizeof *a->handles);
+    a->aliases = PyMem_Calloc((size_t)n_aliases + 1, sizeof *a->aliases);
+    if (!a->handles || !a->aliases) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n_files; i++)
+        if (!(a->handles[i] = reader_handle(PySequence_Fast_GET_ITEM(a->files, i)))) goto fail;
+    for (Py_ssize_t i = 0; i < n_aliases; i++) {
+        PyObject *item = PyList_GET_ITEM(a->items, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *source = PyTuple_GET_ITEM(item, 1);
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(source)) {
+            PyErr_Format(PyExc_TypeError, "aliases must map str to str, got %R: %R", name, source);
+            goto fail;
+        }
+        if (!(a->aliases[i].name = PyUnicode_AsUTF8(name)) || !(a->aliases[i].source = PyUnicode_AsUTF8(source)))
+            goto fail;
+    }
+    a->ck = (struct mp_checkpoint){a->handles, n_files, a->aliases, n_aliases};
+    return 0;
+fail:
+    checkpoint_args_free(a);
+    return -1;
+}
 
 static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"config", "tensors", NULL};
-    PyObject *config, *tensors_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Vit", kwlist, &PyDict_Type, &config, &tensors_obj)) return -1;
+    static char *kwlist[] = {"config", "files", "aliases", NULL};
+    static const char *const kinds[] = {"clip", "dinov2"}; // enum mp_vit_kind
+    PyObject *config, *files, *aliases;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO:Vit", kwlist, &PyDict_Type, &config, &files, &aliases))
+        return -1;
     struct mp_vit_config c = {0};
-    int64_t activation = 0, kind = 0;
+    int activation = 0, kind = 0;
     PyObject *eps = PyDict_GetItemString(config, "eps");
-    if (dict_int(config, "kind", &kind) || dict_int(config, "image_size", &c.image_size) ||
+    if (dict_name(config, "kind", kinds, 2, &kind) || dict_int(config, "image_size", &c.image_size) ||
         dict_int(config, "patch_size", &c.patch_size) || dict_int(config, "width", &c.width) ||
         dict_int(config, "layers", &c.layers) || dict_int(config, "heads", &c.heads) ||
         dict_int(config, "mlp", &c.mlp) || dict_int(config, "projection", &c.projection) ||
-        dict_int(config, "activation", &activation))
+        dict_name(config, "activation", ACTIVATIONS, 2, &activation))
         return -1;
     PyObject *registers = PyDict_GetItemString(config, "registers"), *swiglu = PyDict_GetItemString(config, "swiglu");
     if (registers && (c.registers = PyLong_AsLongLong(registers)) == -1 && PyErr_Occurred()) return -1;
@@ -449,13 +459,13 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     if (PyErr_Occurred()) return -1;
     c.kind = (enum mp_vit_kind)kind;
     c.activation = (enum mp_activation)activation;
-    struct tensor_list t;
-    if (tensor_list_init(&t, tensors_obj, mp_vit_tensor_count(&c), vit_numel, &c)) return -1;
+    struct checkpoint_args t;
+    if (checkpoint_args_init(&t, files, aliases)) return -1;
     int rc = -1;
     struct mp_vit *vit = NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = mp_vit_init(&vit, &c, t.ptrs, t.n);
+    status = mp_vit_init(&vit, &c, &t.ck);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
@@ -477,7 +487,7 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     self->fixed_size = c.kind == MP_VIT_CLIP;
     rc = 0;
 done:
-    tensor_list_free(&t);
+    checkpoint_args_free(&t);
     return rc;
 }
 
@@ -560,7 +570,23 @@ done:
     return result;
 }
 
+// positions() -> (1 + G*G, D) float32: a copy of the checkpoint's position table.
+static PyObject *vit_positions(VitObject *self, PyObject *unused) {
+    (void)unused;
+    if (!self->vit) {
+        PyErr_SetString(PyExc_ValueError, "the model is not initialised");
+        return NULL;
+    }
+    int64_t G = self->image_size / self->patch_size;
+    npy_intp dims[2] = {(npy_intp)(1 + G * G), (npy_intp)self->width};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (out) memcpy(PyArray_DATA((PyArrayObject *)out), mp_vit_positions(self->vit), (size_t)(dims[0] * dims[1]) * 4);
+    return out;
+}
+
 static PyMethodDef vit_methods[] = {
+    {"positions", (PyCFunction)vit_positions, METH_NOARGS,
+     "positions() -> (1 + G*G, D) float32: the checkpoint's position embeddings."},
     {"encode", (PyCFunction)(void (*)(void))vit_encode, METH_VARARGS | METH_KEYWORDS,
      "encode(pixels, *, precision='fp32', num_threads=0) -> (N, E) float32."},
     {NULL, NULL, 0, NULL},
@@ -706,17 +732,18 @@ typedef struct {
 
 
 static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"config", "tensors", NULL};
-    PyObject *config, *tensors_obj;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O:Text", kwlist, &PyDict_Type, &config, &tensors_obj))
+    static char *kwlist[] = {"config", "files", "aliases", NULL};
+    static const char *const kinds[] = {"clip", "bert"}; // enum mp_text_kind
+    PyObject *config, *files, *aliases;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO:Text", kwlist, &PyDict_Type, &config, &files, &aliases))
         return -1;
     struct mp_text_config c = {0};
-    int64_t activation = 0, kind = 0;
-    if (dict_int(config, "kind", &kind) || dict_int(config, "vocab", &c.vocab) ||
+    int activation = 0, kind = 0;
+    if (dict_name(config, "kind", kinds, 2, &kind) || dict_int(config, "vocab", &c.vocab) ||
         dict_int(config, "positions", &c.positions) || dict_int(config, "token_types", &c.token_types) ||
         dict_int(config, "width", &c.width) || dict_int(config, "layers", &c.layers) ||
         dict_int(config, "heads", &c.heads) || dict_int(config, "mlp", &c.mlp) ||
-        dict_int(config, "projection", &c.projection) || dict_int(config, "activation", &activation))
+        dict_int(config, "projection", &c.projection) || dict_name(config, "activation", ACTIVATIONS, 2, &activation))
         return -1;
     PyObject *eps = PyDict_GetItemString(config, "eps");
     if (!eps) {
@@ -727,13 +754,13 @@ static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
     if (PyErr_Occurred()) return -1;
     c.kind = (enum mp_text_kind)kind;
     c.activation = (enum mp_activation)activation;
-    struct tensor_list t;
-    if (tensor_list_init(&t, tensors_obj, mp_text_tensor_count(&c), text_numel, &c)) return -1;
+    struct checkpoint_args t;
+    if (checkpoint_args_init(&t, files, aliases)) return -1;
     int rc = -1;
     struct mp_text *text = NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = mp_text_init(&text, &c, t.ptrs, t.n);
+    status = mp_text_init(&text, &c, &t.ck);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
@@ -751,7 +778,7 @@ static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
     Py_END_ALLOW_THREADS
     rc = 0;
 done:
-    tensor_list_free(&t);
+    checkpoint_args_free(&t);
     return rc;
 }
 
@@ -1037,6 +1064,18 @@ static PyObject *reader_get(SafetensorsReader *self, PyObject *args, PyObject *k
     return out;
 }
 
+static PyTypeObject *reader_type_ref; // set by core_exec
+
+// The open file behind a SafetensorsReader, or NULL with TypeError/ValueError.
+static struct mp_safetensors *reader_handle(PyObject *obj) {
+    if (!reader_type_ref || !PyObject_TypeCheck(obj, reader_type_ref)) {
+        PyErr_Format(PyExc_TypeError, "files must be SafetensorsReader objects, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    SafetensorsReader *reader = (SafetensorsReader *)obj;
+    return reader_check_open(reader) ? NULL : reader->st;
+}
+
 static PyObject *reader_close(SafetensorsReader *self, PyObject *unused) {
     (void)unused;
     self->closed = 1;
@@ -1128,6 +1167,7 @@ static int core_exec(PyObject *module) {
     if (!MpFormatError) return -1;
     PyObject *reader_type = PyType_FromSpec(&reader_spec);
     if (!reader_type) return -1;
+    reader_type_ref = (PyTypeObject *)reader_type;
     PyObject *vit_type = PyType_FromSpec(&vit_spec);
     if (!vit_type || PyModule_AddObject(module, "Vit", vit_type) < 0) {
         Py_XDECREF(vit_type);

@@ -3,6 +3,7 @@
 #include "weights/safetensors.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@ struct mp_safetensors {
     int64_t count;
     char **meta_keys, **meta_values;
     int64_t meta_count;
+    char *source;         // the path, or "<memory>"
+    atomic_long refs;     // handles held: the opener's, plus one per mp_safetensors_retain
 };
 
 // Error messages quote at most this many bytes of a tensor name.
@@ -488,8 +491,16 @@ static enum mp_status check_layout(struct mp_safetensors *st, const unsigned cha
 
 /* ---------------------------------------------------------------- public API */
 
+struct mp_safetensors *mp_safetensors_retain(struct mp_safetensors *st) {
+    if (st) atomic_fetch_add(&st->refs, 1);
+    return st;
+}
+
+const char *mp_safetensors_source(const struct mp_safetensors *st) { return st && st->source ? st->source : ""; }
+
 void mp_safetensors_close(struct mp_safetensors *st) {
-    if (!st) return;
+    if (!st || atomic_fetch_sub(&st->refs, 1) > 1) return;
+    free(st->source);
     for (int64_t i = 0; i < st->count; i++) free((char *)st->entries[i].tensor.name);
     for (int64_t i = 0; i < st->meta_count; i++) {
         free(st->meta_keys[i]);
@@ -529,6 +540,7 @@ enum mp_status mp_safetensors_open_memory(struct mp_safetensors **out, const voi
     *out = NULL;
     struct mp_safetensors *st = calloc(1, sizeof *st);
     if (!st) return mp_error(MP_STATUS_OUT_OF_MEMORY, "safetensors: out of memory");
+    atomic_init(&st->refs, 1);
     enum mp_status status = parse_bytes(st, bytes, size, "<memory>");
     if (status != MP_STATUS_OK) {
         mp_safetensors_close(st);
@@ -558,12 +570,19 @@ enum mp_status mp_safetensors_open(struct mp_safetensors **out, const char *path
         close(fd);
         return mp_error(MP_STATUS_OUT_OF_MEMORY, "safetensors: out of memory");
     }
+    atomic_init(&st->refs, 1);
+    if (!(st->source = strdup(path))) {
+        close(fd);
+        free(st);
+        return mp_error(MP_STATUS_OUT_OF_MEMORY, "safetensors: out of memory");
+    }
     size_t size = (size_t)sb.st_size;
     if (size > 0) { // mmap refuses a zero length; parse_bytes reports the empty file
         void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             int err = errno;
             close(fd);
+            free(st->source);
             free(st);
             return mp_error(MP_STATUS_IO, "cannot map '%s': %s", path, strerror(err));
         }

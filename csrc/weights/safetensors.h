@@ -47,8 +47,16 @@ enum mp_status mp_safetensors_open(struct mp_safetensors **st, const char *path)
 // Same over `size` bytes the caller keeps alive and unchanged until close.
 enum mp_status mp_safetensors_open_memory(struct mp_safetensors **st, const void *bytes, size_t size);
 
-// Frees the handle and unmaps the file. NULL is a no-op.
+// Releases the handle: the file is unmapped when the last holder (the opener, or a model
+// that retained it) closes it. NULL is a no-op.
 void mp_safetensors_close(struct mp_safetensors *st);
+
+// Takes one more hold on `st` (a model whose weights are views of the mapping does), released
+// by one more mp_safetensors_close. Holding is thread-safe. Returns st.
+struct mp_safetensors *mp_safetensors_retain(struct mp_safetensors *st);
+
+// The path the handle was opened from, or "" for one opened from memory.
+const char *mp_safetensors_source(const struct mp_safetensors *st);
 
 // Tensors in name order (bytewise), i in [0, count).
 int64_t mp_safetensors_count(const struct mp_safetensors *st);
