@@ -19,10 +19,11 @@ encoders.
 Checkpoints: the Hugging Face layouts (``config.json`` + ``model.safetensors`` or a sharded
 index) for CLIPModel, CLIPVisionModelWithProjection, Dinov2Model and
 Dinov2WithRegistersModel, and OpenCLIP's (``open_clip_config.json`` +
-``open_clip_model.safetensors``). The tensor tables (``_clip_hf_tensors``,
-``_clip_open_clip_tensors``, ``_dinov2_tensors``) are the one place that knows how
-checkpoints name their tensors; the C core takes them in a fixed order (see csrc/encoders/vit.h
-and csrc/encoders/text.h). Text runs on packed sequences: each text is computed only up to its
+``open_clip_model.safetensors``). The alias tables (``_clip_hf_aliases``,
+``_clip_open_clip_aliases``, ``_dinov2_aliases``, ...) are the one place that knows how
+checkpoints name their tensors: they map the C core's canonical names (csrc/encoders/vit.h,
+csrc/encoders/text.h) to the checkpoint's, and the core reads, checks and converts the
+tensors. Text runs on packed sequences: each text is computed only up to its
 own length (CLIP: up to its end-of-text token, which is all the causal pooled output depends on).
 Images given as paths, bytes or any other iterable are read, preprocessed and encoded
 ``batch_size`` at a time, so memory is bounded by a batch and not by the corpus.
@@ -45,9 +46,9 @@ from .weights import SafetensorsFile
 
 __all__ = ["CLIP", "DINOv2", "SentenceEncoder"]
 
-_ACTIVATIONS = {"gelu": 0, "quick_gelu": 1}
-_CLIP_KIND, _DINOV2_KIND = 0, 1
-_TEXT_CLIP, _TEXT_BERT = 0, 1
+_ACTIVATIONS = ("gelu", "quick_gelu")
+_CLIP_KIND, _DINOV2_KIND = "clip", "dinov2"
+_TEXT_CLIP, _TEXT_BERT = "clip", "bert"
 POOLINGS = ("cls", "cls+mean", "mean")
 
 
@@ -123,27 +124,33 @@ def _read_json(path: Path) -> dict:
     return raw
 
 
-def _activation(name: str, source: Path) -> int:
+def _activation(name: str, source: Path) -> str:
     if name not in _ACTIVATIONS:
         raise _core.FormatError(f"{source}: hidden_act {name!r} is not supported (expected one of {sorted(_ACTIVATIONS)})")
-    return _ACTIVATIONS[name]
+    return name
 
 
-def _getter(f: SafetensorsFile) -> Callable[..., np.ndarray]:
-    """get(names, shape): the first of `names` present in `f`, as float32 of `shape`;
-    FormatError naming the tensor when missing or of another shape."""
+def _layer_aliases(layer: str, names: dict[str, str | tuple[str, str]]) -> dict[str, str]:
+    """Aliases of the per-layer tensors: ``layer`` is the checkpoint's layer prefix (with
+    ``{i}``), ``names`` maps each canonical part (norm1, attn.qkv, attn.out, norm2, mlp.fc1,
+    mlp.fc2) to the checkpoint's module name, or to (weight source, bias source)."""
+    aliases = {}
+    for part, name in names.items():
+        weight, bias = name if isinstance(name, tuple) else (f"{name}.weight", f"{name}.bias")
+        aliases[f"layers.{{i}}.{part}.weight"] = " | ".join(" + ".join(layer + n for n in alt.split(" + "))
+                                                            for alt in weight.split(" | "))
+        aliases[f"layers.{{i}}.{part}.bias"] = bias if bias == "zeros" else " | ".join(
+            " + ".join(layer + n for n in alt.split(" + ")) for alt in bias.split(" | "))
+    return aliases
 
-    def get(names, shape):
-        names = (names,) if isinstance(names, str) else tuple(names)
-        name = next((n for n in names if n in f), None)
-        if name is None:
-            raise _core.FormatError(f"{f.path}: missing tensor '{names[0]}' (expected shape {tuple(shape)})")
-        found = tuple(f.shape(name))
-        if found != tuple(shape):
-            raise _core.FormatError(f"{f.path}: tensor '{name}' has shape {found}, expected {tuple(shape)}")
-        return f.get(name, "float32")
 
-    return get
+def _norm(canonical: str, name: str) -> dict[str, str]:
+    return {f"{canonical}.weight": f"{name}.weight", f"{canonical}.bias": f"{name}.bias"}
+
+
+def _qkv(template: str, names=("q", "k", "v")) -> tuple[str, str]:
+    """q, k and v stored apart (``template`` names each with {}): their rows concatenated."""
+    return tuple(" + ".join(f"{template.format(n)}.{kind}" for n in names) for kind in ("weight", "bias"))
 
 
 _PIL_RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box"}  # PIL.Image.Resampling codes
@@ -207,36 +214,24 @@ def _clip_hf_config(config: dict, source: Path) -> dict:
     }
 
 
-def _clip_hf_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """A Hugging Face CLIP vision tower's tensors in the C core's order."""
-    D, M, p, E = c["width"], c["mlp"], c["patch_size"], c["projection"]
-    G = c["image_size"] // p
-    get, prefix = _getter(f), "vision_model."
-    tensors = [
-        get(prefix + "embeddings.class_embedding", (D,)),
-        get(prefix + "embeddings.patch_embedding.weight", (D, 3, p, p)),
-        get(prefix + "embeddings.position_embedding.weight", (1 + G * G, D)),
-        get(prefix + "pre_layrnorm.weight", (D,)),
-        get(prefix + "pre_layrnorm.bias", (D,)),
-    ]
-    for i in range(c["layers"]):
-        layer = f"{prefix}encoder.layers.{i}."
-        q, k, v = (get(layer + f"self_attn.{n}_proj.weight", (D, D)) for n in "qkv")
-        qb, kb, vb = (get(layer + f"self_attn.{n}_proj.bias", (D,)) for n in "qkv")
-        tensors += [
-            get(layer + "layer_norm1.weight", (D,)), get(layer + "layer_norm1.bias", (D,)),
-            np.concatenate([q, k, v]), np.concatenate([qb, kb, vb]),  # fused QKV
-            get(layer + "self_attn.out_proj.weight", (D, D)), get(layer + "self_attn.out_proj.bias", (D,)),
-            get(layer + "layer_norm2.weight", (D,)), get(layer + "layer_norm2.bias", (D,)),
-            get(layer + "mlp.fc1.weight", (M, D)), get(layer + "mlp.fc1.bias", (M,)),
-            get(layer + "mlp.fc2.weight", (D, M)), get(layer + "mlp.fc2.bias", (D,)),
-        ]
-    tensors += [
-        get(prefix + "post_layernorm.weight", (D,)),
-        get(prefix + "post_layernorm.bias", (D,)),
-        get("visual_projection.weight", (E, D)),
-    ]
-    return tensors
+_HF_CLIP_LAYER = {"norm1": "layer_norm1", "attn.qkv": _qkv("self_attn.{}_proj"), "attn.out": "self_attn.out_proj",
+                  "norm2": "layer_norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_OPEN_CLIP_LAYER = {"norm1": "ln_1", "attn.qkv": ("attn.in_proj_weight", "attn.in_proj_bias"),
+                    "attn.out": "attn.out_proj", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def _clip_hf_aliases() -> dict[str, str]:
+    """A Hugging Face CLIP vision tower's names for the C core's tensors."""
+    v = "vision_model."
+    return {
+        "class_embedding": v + "embeddings.class_embedding",
+        "patch_embedding.weight": v + "embeddings.patch_embedding.weight",
+        "position_embedding": v + "embeddings.position_embedding.weight",
+        **_norm("pre_norm", v + "pre_layrnorm"),
+        **_layer_aliases(v + "encoder.layers.{i}.", _HF_CLIP_LAYER),
+        **_norm("post_norm", v + "post_layernorm"),
+        "projection": "visual_projection.weight",
+    }
 
 
 def _clip_open_clip_config(config: dict, source: Path) -> tuple[dict, images.Transform]:
@@ -274,7 +269,7 @@ def _clip_open_clip_config(config: dict, source: Path) -> tuple[dict, images.Tra
         "mlp": int(width * v.get("mlp_ratio", 4.0)),
         "projection": model.get("embed_dim", 512),
         "eps": 1e-5,
-        "activation": _ACTIVATIONS["quick_gelu" if model.get("quick_gelu", False) else "gelu"],
+        "activation": "quick_gelu" if model.get("quick_gelu", False) else "gelu",
     }
     pre = config.get("preprocess_cfg") or {}
     transform = images.Transform(
@@ -285,35 +280,19 @@ def _clip_open_clip_config(config: dict, source: Path) -> tuple[dict, images.Tra
     return c, transform
 
 
-def _clip_open_clip_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """An OpenCLIP (OpenAI layout) vision tower's tensors in the C core's order: packed
-    ``in_proj_weight`` (q, k, v rows), ``c_fc``/``c_proj`` MLP, ``proj`` stored (D, E)."""
-    D, M, p, E = c["width"], c["mlp"], c["patch_size"], c["projection"]
-    G = c["image_size"] // p
-    get, prefix = _getter(f), "visual."
-    tensors = [
-        get(prefix + "class_embedding", (D,)),
-        get(prefix + "conv1.weight", (D, 3, p, p)),
-        get(prefix + "positional_embedding", (1 + G * G, D)),
-        get(prefix + "ln_pre.weight", (D,)),
-        get(prefix + "ln_pre.bias", (D,)),
-    ]
-    for i in range(c["layers"]):
-        block = f"{prefix}transformer.resblocks.{i}."
-        tensors += [
-            get(block + "ln_1.weight", (D,)), get(block + "ln_1.bias", (D,)),
-            get(block + "attn.in_proj_weight", (3 * D, D)), get(block + "attn.in_proj_bias", (3 * D,)),
-            get(block + "attn.out_proj.weight", (D, D)), get(block + "attn.out_proj.bias", (D,)),
-            get(block + "ln_2.weight", (D,)), get(block + "ln_2.bias", (D,)),
-            get(block + "mlp.c_fc.weight", (M, D)), get(block + "mlp.c_fc.bias", (M,)),
-            get(block + "mlp.c_proj.weight", (D, M)), get(block + "mlp.c_proj.bias", (D,)),
-        ]
-    tensors += [
-        get(prefix + "ln_post.weight", (D,)),
-        get(prefix + "ln_post.bias", (D,)),
-        np.ascontiguousarray(get(prefix + "proj", (D, E)).T),
-    ]
-    return tensors
+def _clip_open_clip_aliases() -> dict[str, str]:
+    """An OpenCLIP (OpenAI layout) vision tower's names: packed ``in_proj_weight`` (q, k, v
+    rows), ``c_fc``/``c_proj`` MLP, ``proj`` stored (D, E)."""
+    v = "visual."
+    return {
+        "class_embedding": v + "class_embedding",
+        "patch_embedding.weight": v + "conv1.weight",
+        "position_embedding": v + "positional_embedding",
+        **_norm("pre_norm", v + "ln_pre"),
+        **_layer_aliases(v + "transformer.resblocks.{i}.", _OPEN_CLIP_LAYER),
+        **_norm("post_norm", v + "ln_post"),
+        "projection": v + "proj^T",
+    }
 
 
 # --------------------------------------------------------------------------- CLIP text tower
@@ -346,46 +325,16 @@ def _clip_text_hf_config(config: dict, source: Path) -> dict | None:
     }
 
 
-def _clip_text_layers(get, c: dict, block, names) -> list[np.ndarray]:
-    D, M = c["width"], c["mlp"]
-    tensors = []
-    for i in range(c["layers"]):
-        b = block(i)
-        tensors += [get(b + names["ln1"] + ".weight", (D,)), get(b + names["ln1"] + ".bias", (D,))]
-        tensors += names["qkv"](get, b, D)
-        tensors += [
-            get(b + names["out"] + ".weight", (D, D)), get(b + names["out"] + ".bias", (D,)),
-            get(b + names["ln2"] + ".weight", (D,)), get(b + names["ln2"] + ".bias", (D,)),
-            get(b + names["fc1"] + ".weight", (M, D)), get(b + names["fc1"] + ".bias", (M,)),
-            get(b + names["fc2"] + ".weight", (D, M)), get(b + names["fc2"] + ".bias", (D,)),
-        ]
-    return tensors
-
-
-def _hf_qkv(get, b, D):
-    qkv = [get(b + f"self_attn.{n}_proj.weight", (D, D)) for n in "qkv"]
-    bias = [get(b + f"self_attn.{n}_proj.bias", (D,)) for n in "qkv"]
-    return [np.concatenate(qkv), np.concatenate(bias)]
-
-
-def _packed_qkv(get, b, D):
-    return [get(b + "attn.in_proj_weight", (3 * D, D)), get(b + "attn.in_proj_bias", (3 * D,))]
-
-
-_HF_CLIP_LAYER = {"ln1": "layer_norm1", "qkv": _hf_qkv, "out": "self_attn.out_proj", "ln2": "layer_norm2",
-                  "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-_OPEN_CLIP_LAYER = {"ln1": "ln_1", "qkv": _packed_qkv, "out": "attn.out_proj", "ln2": "ln_2",
-                    "fc1": "mlp.c_fc", "fc2": "mlp.c_proj"}
-
-
-def _clip_text_hf_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """A Hugging Face CLIP text tower's tensors in the C core's order."""
-    D, get, t = c["width"], _getter(f), "text_model."
-    tensors = [get(t + "embeddings.token_embedding.weight", (c["vocab"], D)),
-               get(t + "embeddings.position_embedding.weight", (c["positions"], D))]
-    tensors += _clip_text_layers(get, c, lambda i: f"{t}encoder.layers.{i}.", _HF_CLIP_LAYER)
-    return tensors + [get(t + "final_layer_norm.weight", (D,)), get(t + "final_layer_norm.bias", (D,)),
-                      get("text_projection.weight", (c["projection"], D))]
+def _clip_text_hf_aliases() -> dict[str, str]:
+    """A Hugging Face CLIP text tower's names for the C core's tensors."""
+    t = "text_model."
+    return {
+        "token_embedding": t + "embeddings.token_embedding.weight",
+        "position_embedding": t + "embeddings.position_embedding.weight",
+        **_layer_aliases(t + "encoder.layers.{i}.", _HF_CLIP_LAYER),
+        **_norm("final_norm", t + "final_layer_norm"),
+        "projection": "text_projection.weight",
+    }
 
 
 def _clip_text_open_clip_config(config: dict, source: Path) -> dict:
@@ -411,19 +360,21 @@ def _clip_text_open_clip_config(config: dict, source: Path) -> dict:
         "mlp": int(width * t.get("mlp_ratio", 4.0)),
         "projection": model.get("embed_dim", 512),
         "eps": 1e-5,
-        "activation": _ACTIVATIONS["quick_gelu" if model.get("quick_gelu", False) else "gelu"],
+        "activation": "quick_gelu" if model.get("quick_gelu", False) else "gelu",
         "eos_token_id": 2,  # open_clip pools at argmax(ids)
     }
 
 
-def _clip_text_open_clip_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """An OpenCLIP text tower's tensors in the C core's order (``text_projection`` is stored
-    (D, E) and applied as ``x @ W``)."""
-    D, get = c["width"], _getter(f)
-    tensors = [get("token_embedding.weight", (c["vocab"], D)), get("positional_embedding", (c["positions"], D))]
-    tensors += _clip_text_layers(get, c, lambda i: f"transformer.resblocks.{i}.", _OPEN_CLIP_LAYER)
-    return tensors + [get("ln_final.weight", (D,)), get("ln_final.bias", (D,)),
-                      np.ascontiguousarray(get("text_projection", (D, c["projection"])).T)]
+def _clip_text_open_clip_aliases() -> dict[str, str]:
+    """An OpenCLIP text tower's names (``text_projection`` is stored (D, E) and applied as
+    ``x @ W``)."""
+    return {
+        "token_embedding": "token_embedding.weight",
+        "position_embedding": "positional_embedding",
+        **_layer_aliases("transformer.resblocks.{i}.", _OPEN_CLIP_LAYER),
+        **_norm("final_norm", "ln_final"),
+        "projection": "text_projection^T",
+    }
 
 
 def _pool_positions(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
@@ -490,59 +441,38 @@ def _dinov2_config(config: dict, source: Path) -> dict:
     }
 
 
-def _dinov2_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """A DINOv2 checkpoint's tensors in the C core's order. Accepts the hub's names
+def _dinov2_aliases(keys, c: dict) -> dict[str, str]:
+    """A DINOv2 checkpoint's names for the C core's tensors. Accepts the hub's names
     (``attention.attention.query``, ``mlp.weights_in``) and transformers 5's
     (``attention.q_proj``, ``mlp.gate_proj``/``up_proj``/``down_proj``), with or without a
-    ``dinov2.`` / ``dinov2_with_registers.`` prefix."""
-    D, M, p, R = c["width"], c["mlp"], c["patch_size"], c["registers"]
-    G = c["image_size"] // p
-    get = _getter(f)
-    prefix = next((k[: -len("embeddings.cls_token")] for k in f.keys() if k.endswith("embeddings.cls_token")), "")
-    e = prefix + "embeddings."
-    tensors = [get(e + "cls_token", (1, 1, D)).reshape(D)]
-    if R:
-        tensors.append(get(e + "register_tokens", (1, R, D)).reshape(R, D))
-    tensors += [
-        get(e + "patch_embeddings.projection.weight", (D, 3, p, p)),
-        get(e + "patch_embeddings.projection.bias", (D,)),
-        get(e + "position_embeddings", (1, 1 + G * G, D)).reshape(1 + G * G, D),
-    ]
-    for i in range(c["layers"]):
-        layer = f"{prefix}encoder.layer.{i}."
-        a = layer + "attention."
-        qkv_w = [get((a + f"attention.{n}.weight", a + f"{s}_proj.weight"), (D, D))
-                 for n, s in (("query", "q"), ("key", "k"), ("value", "v"))]
-        if c["qkv_bias"]:
-            qkv_b = [get((a + f"attention.{n}.bias", a + f"{s}_proj.bias"), (D,))
-                     for n, s in (("query", "q"), ("key", "k"), ("value", "v"))]
-        else:
-            qkv_b = [np.zeros(D, np.float32)] * 3
-        tensors += [
-            get(layer + "norm1.weight", (D,)), get(layer + "norm1.bias", (D,)),
-            np.concatenate(qkv_w), np.concatenate(qkv_b),
-            get((a + "output.dense.weight", a + "o_proj.weight"), (D, D)),
-            get((a + "output.dense.bias", a + "o_proj.bias"), (D,)),
-            get(layer + "layer_scale1.lambda1", (D,)),
-            get(layer + "norm2.weight", (D,)), get(layer + "norm2.bias", (D,)),
-        ]
-        mlp = layer + "mlp."
-        if c["swiglu"]:  # fc1 rows: the gate projection, then the up projection
-            if mlp + "weights_in.weight" in f:
-                tensors += [get(mlp + "weights_in.weight", (2 * M, D)), get(mlp + "weights_in.bias", (2 * M,))]
-            else:
-                tensors += [
-                    np.concatenate([get(mlp + "gate_proj.weight", (M, D)), get(mlp + "up_proj.weight", (M, D))]),
-                    np.concatenate([get(mlp + "gate_proj.bias", (M,)), get(mlp + "up_proj.bias", (M,))]),
-                ]
-            tensors += [get((mlp + "weights_out.weight", mlp + "down_proj.weight"), (D, M)),
-                        get((mlp + "weights_out.bias", mlp + "down_proj.bias"), (D,))]
-        else:
-            tensors += [get(mlp + "fc1.weight", (M, D)), get(mlp + "fc1.bias", (M,)),
-                        get(mlp + "fc2.weight", (D, M)), get(mlp + "fc2.bias", (D,))]
-        tensors.append(get(layer + "layer_scale2.lambda1", (D,)))
-    tensors += [get(prefix + "layernorm.weight", (D,)), get(prefix + "layernorm.bias", (D,))]
-    return tensors
+    ``dinov2.`` / ``dinov2_with_registers.`` prefix (found in ``keys``)."""
+    prefix = next((k[: -len("embeddings.cls_token")] for k in keys if k.endswith("embeddings.cls_token")), "")
+    e, a = prefix + "embeddings.", "attention."
+    hub, new = _qkv(a + "attention.{}", ("query", "key", "value")), _qkv(a + "{}_proj")
+    if c["swiglu"]:  # fc1 rows: the gate projection, then the up projection
+        mlp = {"mlp.fc1": ("mlp.weights_in.weight | mlp.gate_proj.weight + mlp.up_proj.weight",
+                           "mlp.weights_in.bias | mlp.gate_proj.bias + mlp.up_proj.bias"),
+               "mlp.fc2": ("mlp.weights_out.weight | mlp.down_proj.weight", "mlp.weights_out.bias | mlp.down_proj.bias")}
+    else:
+        mlp = {"mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+    layer = prefix + "encoder.layer.{i}."
+    return {
+        "class_embedding": e + "cls_token",
+        "register_tokens": e + "register_tokens",
+        "patch_embedding.weight": e + "patch_embeddings.projection.weight",
+        "patch_embedding.bias": e + "patch_embeddings.projection.bias",
+        "position_embedding": e + "position_embeddings",
+        **_layer_aliases(layer, {
+            "norm1": "norm1",
+            "attn.qkv": (f"{hub[0]} | {new[0]}", f"{hub[1]} | {new[1]}" if c["qkv_bias"] else "zeros"),
+            "attn.out": (f"{a}output.dense.weight | {a}o_proj.weight", f"{a}output.dense.bias | {a}o_proj.bias"),
+            "norm2": "norm2",
+            **mlp,
+        }),
+        "layers.{i}.scale1": layer + "layer_scale1.lambda1",
+        "layers.{i}.scale2": layer + "layer_scale2.lambda1",
+        **_norm("post_norm", prefix + "layernorm"),
+    }
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -761,15 +691,15 @@ class CLIP(_VisionTower):
         (see :class:`megapairs.text.CLIPTokenizer`)."""
         _check_precision(precision)
         root = resolve_model_dir(path_or_hub_id)
-        text = text_tensors = None
+        text = text_core = None
         if (root / "config.json").is_file():
             raw = _read_json(root / "config.json")
             config = _clip_hf_config(raw, root / "config.json")
             text = _clip_text_hf_config(raw, root / "config.json")
             with SafetensorsFile(root) as f:
-                tensors = _clip_hf_tensors(f, config)
+                vit = _core.Vit(config, f.readers, _clip_hf_aliases())
                 if text is not None:
-                    text_tensors = _clip_text_hf_tensors(f, text)
+                    text_core = _core.Text(text, f.readers, _clip_text_hf_aliases())
             size = config["image_size"]
             transform = _processor_transform(
                 root, images.Transform(size, size, images.OPENAI_CLIP_MEAN, images.OPENAI_CLIP_STD), size)
@@ -780,14 +710,13 @@ class CLIP(_VisionTower):
             if not weights.is_file():
                 raise FileNotFoundError(f"no open_clip_model.safetensors in '{root}' (pickled .bin files are not loaded)")
             with SafetensorsFile(weights) as f:
-                tensors = _clip_open_clip_tensors(f, config)
+                vit = _core.Vit(config, f.readers, _clip_open_clip_aliases())
                 if "token_embedding.weight" in f:
                     text = _clip_text_open_clip_config(raw, root / "open_clip_config.json")
-                    text_tensors = _clip_text_open_clip_tensors(f, text)
+                    text_core = _core.Text(text, f.readers, _clip_text_open_clip_aliases())
         else:
             raise FileNotFoundError(f"no config.json or open_clip_config.json in '{root}'")
-        text_core = _core.Text(text, text_tensors) if text is not None else None
-        return cls(_core.Vit(config, tensors), config, transform, precision, text_core, text, root)
+        return cls(vit, config, transform, precision, text_core, text, root)
 
     @property
     def embed_dim(self) -> int:
@@ -959,9 +888,8 @@ class DINOv2(_VisionTower):
         transform = images._transform(transform)
         config = _dinov2_config(_read_json(root / "config.json"), root / "config.json")
         with SafetensorsFile(root) as f:
-            tensors = _dinov2_tensors(f, config)
-        positions = tensors[4 if config["registers"] else 3]
-        return cls(_core.Vit(config, tensors), config, positions, transform, precision)
+            vit = _core.Vit(config, f.readers, _dinov2_aliases(f.keys(), config))
+        return cls(vit, config, vit.positions(), transform, precision)
 
     @property
     def embed_dim(self) -> int:
@@ -1060,30 +988,26 @@ def _bert_config(config: dict, source: Path) -> dict:
     }
 
 
-def _bert_tensors(f: SafetensorsFile, c: dict) -> list[np.ndarray]:
-    """A Hugging Face BertModel's tensors in the C core's order, with or without a ``bert.``
-    prefix (checkpoints saved from a task model)."""
-    D, M, get = c["width"], c["mlp"], _getter(f)
-    prefix = next((k[: -len("embeddings.word_embeddings.weight")] for k in f.keys()
+def _bert_aliases(keys) -> dict[str, str]:
+    """A Hugging Face BertModel's names for the C core's tensors, with or without a ``bert.``
+    prefix (checkpoints saved from a task model; found in ``keys``)."""
+    prefix = next((k[: -len("embeddings.word_embeddings.weight")] for k in keys
                    if k.endswith("embeddings.word_embeddings.weight")), "")
     e = prefix + "embeddings."
-    tensors = [get(e + "word_embeddings.weight", (c["vocab"], D)),
-               get(e + "position_embeddings.weight", (c["positions"], D)),
-               get(e + "token_type_embeddings.weight", (c["token_types"], D)),
-               get(e + "LayerNorm.weight", (D,)), get(e + "LayerNorm.bias", (D,))]
-    for i in range(c["layers"]):
-        b = f"{prefix}encoder.layer.{i}."
-        a = b + "attention."
-        tensors += [
-            get(a + "output.LayerNorm.weight", (D,)), get(a + "output.LayerNorm.bias", (D,)),
-            np.concatenate([get(a + f"self.{n}.weight", (D, D)) for n in ("query", "key", "value")]),
-            np.concatenate([get(a + f"self.{n}.bias", (D,)) for n in ("query", "key", "value")]),
-            get(a + "output.dense.weight", (D, D)), get(a + "output.dense.bias", (D,)),
-            get(b + "output.LayerNorm.weight", (D,)), get(b + "output.LayerNorm.bias", (D,)),
-            get(b + "intermediate.dense.weight", (M, D)), get(b + "intermediate.dense.bias", (M,)),
-            get(b + "output.dense.weight", (D, M)), get(b + "output.dense.bias", (D,)),
-        ]
-    return tensors
+    return {
+        "token_embedding": e + "word_embeddings.weight",
+        "position_embedding": e + "position_embeddings.weight",
+        "token_type_embedding": e + "token_type_embeddings.weight",
+        **_norm("embedding_norm", e + "LayerNorm"),
+        **_layer_aliases(prefix + "encoder.layer.{i}.", {
+            "norm1": "attention.output.LayerNorm",
+            "attn.qkv": _qkv("attention.self.{}", ("query", "key", "value")),
+            "attn.out": "attention.output.dense",
+            "norm2": "output.LayerNorm",
+            "mlp.fc1": "intermediate.dense",
+            "mlp.fc2": "output.dense",
+        }),
+    }
 
 
 _ST_POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
@@ -1158,10 +1082,10 @@ class SentenceEncoder:
         folder, pooling, normalize, settings = _sentence_transformers_layout(root)
         config = _bert_config(_read_json(folder / "config.json"), folder / "config.json")
         with SafetensorsFile(folder) as f:
-            tensors = _bert_tensors(f, config)
+            text = _core.Text(config, f.readers, _bert_aliases(f.keys()))
         tokenizer = WordPieceTokenizer.from_pretrained(folder)
         max_len = min(int(settings.get("max_seq_length") or config["positions"]), config["positions"])
-        return cls(_core.Text(config, tensors), config, tokenizer, pooling, normalize, max_len, precision,
+        return cls(text, config, tokenizer, pooling, normalize, max_len, precision,
                    bool(settings.get("do_lower_case", False)))
 
     @property

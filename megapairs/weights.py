@@ -124,6 +124,12 @@ class SafetensorsFile:
             self._where = {name: reader for name in reader.keys()}
             self._metadata = reader.metadata()
 
+    @property
+    def readers(self) -> list[_core.SafetensorsReader]:
+        """The open files (one per shard): what the C core binds a model's weights from."""
+        self._check_open()
+        return list(self._readers.values())
+
     # -- mapping-like access
     def keys(self) -> list[str]:
         """Tensor names, sorted."""

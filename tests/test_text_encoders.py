@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTextC
 
 import megapairs as mp
 from megapairs import _core
-from megapairs.encoders import _bert_config, _bert_tensors
+from megapairs.encoders import _bert_aliases, _bert_config
 
 SOT, EOT = 49406, 49407
 
@@ -117,12 +117,12 @@ def test_clip_text_with_projection_checkpoint(tmp_path):
     with torch.inference_mode():
         want = model(input_ids=torch.from_numpy(ids)).text_embeds.numpy()
     # The text tower alone has no image tower: it loads through the C core directly.
-    from megapairs.encoders import _clip_text_hf_config, _clip_text_hf_tensors, _pack, _pool_positions
+    from megapairs.encoders import _clip_text_hf_aliases, _clip_text_hf_config, _pack, _pool_positions
     from megapairs.weights import SafetensorsFile
 
     config = _clip_text_hf_config(json.loads((tmp_path / "text" / "config.json").read_text()), tmp_path)
     with SafetensorsFile(tmp_path / "text") as f:
-        text = _core.Text(config, _clip_text_hf_tensors(f, config))
+        text = _core.Text(config, f.readers, _clip_text_hf_aliases())
     packed, offsets = _pack(ids, _pool_positions(ids, config["eos_token_id"]) + 1)
     got = text.encode(packed, offsets)
     assert np.abs(got - want).max() <= 1e-4
@@ -270,7 +270,7 @@ def bert_core(path):
 
     config = _bert_config(json.loads((path / "config.json").read_text()), path)
     with SafetensorsFile(path) as f:
-        return _core.Text(config, _bert_tensors(f, config)), config
+        return _core.Text(config, f.readers, _bert_aliases(f.keys())), config
 
 
 def bert_batch(n, T, vocab, seed=0):
