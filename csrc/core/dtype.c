@@ -1,3 +1,6 @@
+/* core/dtype.c: element sizes and the float conversions between F32, F16 and BF16 (round
+ * to nearest even), one loop per type for the compiler to vectorise, parallel over large
+ * arrays. */
 #include "core/dtype.h"
 
 #include <math.h>

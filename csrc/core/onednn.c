@@ -1,3 +1,7 @@
+/* core/onednn.c: every call into oneDNN, so its build can change in one place: the shared
+ * engine, the one typed matmul (mp_matmul) and the matmul with a packed, fixed B (mp_gemm)
+ * that nn/linear.c builds layers on. */
+#include "core/gemm.h"
 #include "core/onednn.h"
 
 #include <stdlib.h>

@@ -1,3 +1,5 @@
+/* core/parallel.c: the process-wide thread count and the scope each entry point opens to
+ * apply it (OpenMP keeps its count per calling thread). */
 #include "core/parallel.h"
 
 #include <omp.h>

@@ -1,3 +1,4 @@
+/* core/status.c: the thread-local last-error message behind every status. */
 #include "core/status.h"
 
 #include <stdarg.h>

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "nn/block.h"
+#include "weights/bind.h"
 #include "nn/layers.h"
 
 struct mp_text {

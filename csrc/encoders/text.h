@@ -28,7 +28,7 @@
 #include "core/onednn.h"
 #include "core/status.h"
 #include "nn/activation.h"
-#include "weights/bind.h"
+#include "weights/checkpoint.h"
 
 enum mp_text_kind { MP_TEXT_CLIP = 0, MP_TEXT_BERT };
 

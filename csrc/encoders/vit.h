@@ -31,7 +31,7 @@
 #include "core/onednn.h"
 #include "core/status.h"
 #include "nn/activation.h"
-#include "weights/bind.h"
+#include "weights/checkpoint.h"
 
 enum mp_vit_kind { MP_VIT_CLIP = 0, MP_VIT_DINOV2 };
 

@@ -1,3 +1,5 @@
+/* image/jpeg.c: the one file that talks to TurboJPEG: header reads, decodes with DCT
+ * scaling, and the library's errors turned into statuses with its message. */
 #include "image/jpeg.h"
 
 #include <string.h>

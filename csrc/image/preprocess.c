@@ -1,3 +1,6 @@
+/* image/preprocess.c: a batch of encoded images to one normalised float32 tensor: decode,
+ * shortest-edge resize, centre crop and normalisation per image, images in parallel, each
+ * failure reported per image. */
 #include "image/preprocess.h"
 
 #include <stdio.h>

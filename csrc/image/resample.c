@@ -1,3 +1,6 @@
+/* image/resample.c: Pillow's two-pass resampling, bit for bit: filter weights in 22-bit
+ * fixed point, a horizontal pass into uint8, a vertical pass, with AVX2 / AVX-512 variants
+ * chosen at run time beside the portable reference. */
 #include "image/resample.h"
 
 #include "core/simd.h"

@@ -1,3 +1,6 @@
+/* knn/knn.c: exact top-k and band search. Score tiles come from one bf16 or fp32 GEMM,
+ * a proven rounding bound decides which candidates could still change the answer, and
+ * those are rescored in double, so the result equals a float64 brute force. */
 #include "knn/knn.h"
 
 #include <math.h>

@@ -1,3 +1,6 @@
+/* loss/infonce.c: InfoNCE forward and backward in one pass over blocks of rows: a block of
+ * scores from one GEMM, each row's softmax and gradient in place, then the dq / dc GEMMs
+ * from the same block, so the B x N score matrix never exists whole. */
 #include "loss/infonce.h"
 
 #include <math.h>

@@ -1,3 +1,6 @@
+/* nn/layers.c: the transformer layers below the block: LayerNorm (fp32 or bf16 out),
+ * activations, the row softmax and multi-head attention (dense, bf16, packed and causal),
+ * each a loop over rows with OpenMP; matmuls go through core/onednn.h. */
 #include "nn/layers.h"
 
 #include "core/simd.h"

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "core/dtype.h"
+#include "core/gemm.h"
 #include "core/onednn.h"
 #include "core/status.h"
 

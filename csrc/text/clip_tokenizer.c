@@ -1,3 +1,6 @@
+/* text/clip_tokenizer.c: CLIP's byte-level BPE: the vocabulary and merges loaders, the
+ * pre-tokenising pattern written as a scanner over code-point classes, and the merge loop
+ * with a bounded per-thread cache of words already split. */
 #include "text/clip_tokenizer.h"
 
 #include <stdlib.h>

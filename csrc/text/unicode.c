@@ -1,3 +1,5 @@
+/* text/unicode.c: UTF-8 decoding and the lookup of each code point's class flags in the
+ * generated two-stage table (text/unicode_data.h). */
 #include "text/unicode.h"
 
 #include "text/unicode_data.h"

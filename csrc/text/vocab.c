@@ -1,3 +1,5 @@
+/* text/vocab.c: an open-addressing hash map from token bytes to ids, owned strings,
+ * shared by both tokenizers. */
 #include "text/vocab.h"
 
 #include <stdlib.h>

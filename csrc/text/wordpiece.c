@@ -1,3 +1,6 @@
+/* text/wordpiece.c: BERT's WordPiece tokenizer: the vocabulary loader, the normaliser
+ * and pre-tokeniser (Unicode classes from text/unicode.c) and the greedy longest-match
+ * split, packing ids with [CLS]/[SEP] as transformers does. */
 #include "text/wordpiece.h"
 
 #include <stdlib.h>

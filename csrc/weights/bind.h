@@ -1,4 +1,4 @@
-/* weights/bind.h: a model's weights bound by name from safetensors files.
+/* weights/bind.h (internal): a model's weights bound by name from safetensors files.
  *
  * Each model has one table of rules (encoders/vit.c, encoders/text.c): a canonical name
  * ("layers.{i}.attn.qkv.weight", {i} the layer index), a shape rule over the model's
@@ -21,21 +21,8 @@
 #include <stdint.h>
 
 #include "core/status.h"
+#include "weights/checkpoint.h"
 #include "weights/safetensors.h"
-
-struct mp_weight_alias {
-    const char *name;   // a canonical name pattern of the model's table
-    const char *source; // what to read for it (see above)
-};
-
-// Where a model's weights come from: one or more files (the shards of one checkpoint) and
-// the aliases of its layout.
-struct mp_checkpoint {
-    struct mp_safetensors *const *files;
-    int64_t                       file_count;
-    const struct mp_weight_alias *aliases;
-    int64_t                       alias_count;
-};
 
 #define MP_RULE_MAX_DIMS 4
 

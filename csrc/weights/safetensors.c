@@ -1,3 +1,6 @@
+/* weights/safetensors.c: the safetensors reader. The file is mapped read-only; its JSON
+ * header is parsed by a bounds-checked parser written for this format alone, and the data
+ * spans must tile the file exactly, so a hostile file gives an error, never a wild read. */
 #define _POSIX_C_SOURCE 200809L // open flags, mmap, fstat
 
 #include "weights/safetensors.h"

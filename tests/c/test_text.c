@@ -7,6 +7,8 @@
 
 #include "check.h"
 #include "megapairs.h"
+#include "text/unicode.h"
+#include "text/vocab.h"
 
 #define COUNT_OF(a) (int)(sizeof(a) / sizeof *(a))
 
