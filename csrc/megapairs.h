@@ -39,6 +39,7 @@
 #include "core/status.h"
 #include "encoders/text.h"
 #include "encoders/vit.h"
+#include "fusion/fusion.h"
 #include "image/jpeg.h"
 #include "image/preprocess.h"
 #include "knn/knn.h"

@@ -12,13 +12,12 @@ from ._loader import load_core as _load_core
 
 _core = _load_core()
 
-from . import annotate, dataset, evaluation, images, knn, loss, mining, text, training, weights  # noqa: E402
+from . import annotate, dataset, errors, evaluation, fusion, images, knn, loss, mining, text, training, weights  # noqa: E402
 from .encoders import CLIP, DINOv2, SentenceEncoder  # noqa: E402
 from ._config import get_num_threads, set_num_threads, show_config  # noqa: E402
 from ._version import __version__  # noqa: E402
 
-Error = _core.Error
-FormatError = _core.FormatError
+from .errors import Error, FormatError  # noqa: E402
 
 __all__ = [
     "CLIP",
@@ -29,7 +28,9 @@ __all__ = [
     "__version__",
     "annotate",
     "dataset",
+    "errors",
     "evaluation",
+    "fusion",
     "get_num_threads",
     "images",
     "knn",

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _args
 from .loss import _layout, infonce
 
 __all__ = ["InfoNCELoss", "tiled_infonce"]
@@ -295,8 +296,7 @@ class InfoNCELoss(torch.nn.Module):
     def __init__(self, temperature: float = 0.02, learnable_temperature: bool = False, precision: str = "fp32",
                  block_size: int = BLOCK_SIZE):
         super().__init__()
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        precision = _args.precision(precision)
         if not float(temperature) > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:

@@ -30,7 +30,7 @@ def _fail_cleanly(fn):
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         verbose = (ctx.find_root().obj or {}).get("verbose", False)
-        from . import _core
+        from .errors import Error
 
         try:
             return fn(*args, **kwargs)
@@ -40,7 +40,7 @@ def _fail_cleanly(fn):
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.Exit:
             raise
-        except (ValueError, TypeError, OSError, RuntimeError, _core.Error) as e:
+        except (ValueError, TypeError, OSError, RuntimeError, Error) as e:
             if verbose:
                 raise
             message = str(e) or type(e).__name__

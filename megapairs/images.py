@@ -22,6 +22,7 @@ from typing import Union
 import numpy as np
 
 from . import _args, _core
+from .errors import FormatError
 
 __all__ = ["MAX_IMAGE_PIXELS", "PRESETS", "Transform", "decode", "preprocess", "to_rgb"]
 
@@ -136,7 +137,7 @@ def _pil_to_rgb(im, apply_exif: bool, max_pixels: int, on_white: bool = False) -
     from PIL import ImageOps
 
     if max_pixels and im.width * im.height > max_pixels:
-        raise _core.FormatError(
+        raise FormatError(
             f"image of {im.width} x {im.height} = {im.width * im.height} pixels exceeds the limit of {max_pixels}"
         )
     if apply_exif:
@@ -151,12 +152,12 @@ def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int, on_white
         with Image.open(io.BytesIO(data)) as im:
             im.seek(0)  # the first frame of an animation
             return _pil_to_rgb(im, apply_exif, max_pixels, on_white)
-    except _core.FormatError:
+    except FormatError:
         raise
     except UnidentifiedImageError:
-        raise _core.FormatError("not an image in a format megapairs or Pillow can read") from None
+        raise FormatError("not an image in a format megapairs or Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise _core.FormatError(f"cannot decode image: {exc}") from None
+        raise FormatError(f"cannot decode image: {exc}") from None
 
 
 def _prepare(item, apply_exif: bool, max_pixels: int, on_white: bool = False):
@@ -170,7 +171,7 @@ def _prepare(item, apply_exif: bool, max_pixels: int, on_white: bool = False):
         if data[:3] == _JPEG_MAGIC and not (apply_exif and _exif_orientation(data) != 1):
             return data
         if not data:
-            raise _core.FormatError("empty input (0 bytes)")
+            raise FormatError("empty input (0 bytes)")
         return _decode_with_pillow(data, apply_exif, max_pixels, on_white)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
@@ -180,7 +181,7 @@ def _prepare(item, apply_exif: bool, max_pixels: int, on_white: bool = False):
         if item.ndim != 3 or item.shape[2] != 3 or 0 in item.shape:
             raise ValueError(f"pixel arrays must be uint8 (H, W, 3) or (H, W), got shape {item.shape}")
         if max_pixels and item.shape[0] * item.shape[1] > max_pixels:
-            raise _core.FormatError(f"image of {item.shape[1]} x {item.shape[0]} pixels exceeds the limit of {max_pixels}")
+            raise FormatError(f"image of {item.shape[1]} x {item.shape[0]} pixels exceeds the limit of {max_pixels}")
         return item
     try:
         from PIL import Image
@@ -280,7 +281,7 @@ def preprocess(
                 try:
                     prepared.append(_prepare(items[i], apply_exif, limit, on_white=True))
                     index.append(i)
-                except (_core.FormatError, OSError, ValueError, TypeError) as exc:
+                except (FormatError, OSError, ValueError, TypeError) as exc:
                     if on_error == "raise":
                         raise type(exc)(f"image {i}: {exc}") from None
                     failures[i] = exc
@@ -291,9 +292,9 @@ def preprocess(
             ok = status == 0
             if on_error == "raise" and not ok.all():
                 j = int(np.argmin(ok))
-                raise _core.FormatError(f"image {index[j]}: {messages[j]}")
+                raise FormatError(f"image {index[j]}: {messages[j]}")
             if callable(on_error):
-                failures.update((index[j], _core.FormatError(messages[j])) for j in np.flatnonzero(~ok))
+                failures.update((index[j], FormatError(messages[j])) for j in np.flatnonzero(~ok))
                 for i in sorted(failures):
                     on_error(i, failures[i])
             batches.append(out if ok.all() else out[ok])

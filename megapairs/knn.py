@@ -42,8 +42,7 @@ def _check(queries, corpus, k, what="search"):
 
 
 def _run(q, c, k, lo, hi, exclude_self, precision, exact, num_threads, what):
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"{what}: precision must be 'bf16' or 'fp32', got {precision!r}")
+    precision = _args.precision(precision)
     if exclude_self and len(q) > len(c):
         raise ValueError(f"{what}: exclude_self needs the queries to be (a prefix of) the corpus")
     scores, indices, _ = _core.knn_search(q, c, int(k), float(lo), float(hi), exclude_self=bool(exclude_self),

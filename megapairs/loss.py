@@ -129,8 +129,7 @@ def infonce(q, c, temperature: float = 0.02, positives=None, group_size: int | N
         and sums stay fp32/double. Faster, about 1e-3 relative error (docs/numerics.md).
     """
     q, c = _check(q, c, temperature)
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    precision = _args.precision(precision)
     pos, ids = _layout(len(q), len(c), positives, group_size, ids)
     threads = _args.threads(num_threads)
     loss, dq, dc, dtau, rows = _core.infonce(q, c, pos, ids, float(temperature), grad=bool(return_grad),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
-import json
 import os
 import re
 import unicodedata
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from . import _args, _core
+from ._hub import read_json, resolve_model_dir, utf8_text
+from .errors import FormatError
 
 try:
     import ftfy
@@ -43,23 +44,7 @@ OPENAI_MERGES = 49152 - 256 - 2  # open_clip keeps merges lines[1 : 49152 - 256 
 
 
 def _format_error(path: Path, message: str) -> Exception:
-    return _core.FormatError(f"{path}: {message}")
-
-
-def _utf8_text(data: bytes, path: Path) -> str:
-    """``data`` decoded as UTF-8, or FormatError naming the file and line of the first bad byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise _format_error(path, f"line {line}: invalid UTF-8 ({exc.reason})") from None
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(_utf8_text(path.read_bytes(), path))
-    except json.JSONDecodeError as exc:
-        raise _format_error(path, f"line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    return FormatError(f"{path}: {message}")
 
 
 def _token_name(value: object, default: str) -> str:
@@ -75,10 +60,7 @@ def _tokenizer_config(folder: Path) -> dict:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = folder / name
         if path.is_file():
-            raw = _read_json(path)
-            if not isinstance(raw, dict):
-                raise _format_error(path, "expected a JSON object")
-            config.update(raw)
+            config.update(read_json(path))
     return config
 
 
@@ -101,11 +83,7 @@ def _map_texts(fn, texts: list) -> list:
 
 def _hub_or_path(path: str | os.PathLike) -> Path:
     p = Path(path)
-    if p.exists():
-        return p
-    from .encoders import resolve_model_dir
-
-    return resolve_model_dir(path)
+    return p if p.exists() else resolve_model_dir(path)
 
 
 # --------------------------------------------------------------------------- CLIP
@@ -195,19 +173,19 @@ class CLIPTokenizer:
                 data = gzip.decompress(data)
             except (OSError, EOFError, zlib.error) as exc:
                 raise _format_error(path, f"not a gzip file: {exc}") from None
-        _utf8_text(data, path)  # open_clip decodes the whole file
+        utf8_text(data, path)  # open_clip decodes the whole file
         return cls(_core.ClipBpe(data, n_merges=OPENAI_MERGES, source=str(path)), str(path))
 
     @classmethod
     def _from_hf(cls, folder: Path) -> CLIPTokenizer:
         vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
-        vocab = _read_json(vocab_path)
+        vocab = read_json(vocab_path, None)
         if not isinstance(vocab, dict) or not all(
                 isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()):
             raise _format_error(vocab_path, "expected a JSON object of token strings to int ids")
         if merges_path.is_file():
             merges = merges_path.read_bytes()
-            _utf8_text(merges, merges_path)
+            utf8_text(merges, merges_path)
         else:
             merges_path = folder / "tokenizer.json"
             merges = _merges_from_tokenizer_json(merges_path)
@@ -269,7 +247,7 @@ def _merges_from_tokenizer_json(path: Path) -> bytes:
     """merges.txt content from the BPE model of a tokenizer.json ("a b" strings or [a, b] pairs)."""
     if not path.is_file():
         raise FileNotFoundError(f"no merges.txt nor tokenizer.json in '{path.parent}'")
-    raw = _read_json(path)
+    raw = read_json(path, None)
     merges = raw.get("model", {}).get("merges") if isinstance(raw, dict) else None
     if not isinstance(merges, list):
         raise _format_error(path, "no model.merges list")
@@ -332,7 +310,7 @@ class WordPieceTokenizer:
         if vocab_path.is_file():
             data = vocab_path.read_bytes()
             # Text mode, as transformers reads it: "\r\n" and "\r" end lines too.
-            text = _utf8_text(data, vocab_path).replace("\r\n", "\n").replace("\r", "\n")
+            text = utf8_text(data, vocab_path).replace("\r\n", "\n").replace("\r", "\n")
         else:
             vocab_path = folder / "tokenizer.json"
             text = _vocab_from_tokenizer_json(vocab_path)
@@ -423,7 +401,7 @@ def _vocab_from_tokenizer_json(path: Path) -> str:
     """vocab.txt content from the WordPiece model of a tokenizer.json (ids must be 0 .. V-1)."""
     if not path.is_file():
         raise FileNotFoundError(f"no vocab.txt nor tokenizer.json in '{path.parent}'")
-    raw = _read_json(path)
+    raw = read_json(path, None)
     vocab = raw.get("model", {}).get("vocab") if isinstance(raw, dict) else None
     if not isinstance(vocab, dict):
         raise _format_error(path, "no model.vocab object")

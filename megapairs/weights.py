@@ -21,6 +21,7 @@ from typing import Union
 import numpy as np
 
 from . import _args, _core
+from .errors import FormatError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -70,15 +71,15 @@ def _read_index(index_path: Path) -> dict[str, str]:
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _core.FormatError(f"{index_path}: not a valid JSON index: {exc}") from None
+        raise FormatError(f"{index_path}: not a valid JSON index: {exc}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-        raise _core.FormatError(f"{index_path}: the index has no 'weight_map' object")
+        raise FormatError(f"{index_path}: the index has no 'weight_map' object")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
-            raise _core.FormatError(f"{index_path}: weight_map entry {name!r} is not a file name: {shard!r}")
+            raise FormatError(f"{index_path}: weight_map entry {name!r} is not a file name: {shard!r}")
         if os.path.isabs(shard) or os.path.normpath(shard) != shard or shard.startswith(".."):
-            raise _core.FormatError(
+            raise FormatError(
                 f"{index_path}: shard {shard!r} of tensor {name!r} is not a plain file name beside the index"
             )
     return weight_map
@@ -113,7 +114,7 @@ class SafetensorsFile:
                 try:
                     reader.info(name)
                 except KeyError:
-                    raise _core.FormatError(
+                    raise FormatError(
                         f"{self.path}: tensor {name!r} is mapped to shard {weight_map[name]!r}, which does not hold it"
                     ) from None
                 self._where[name] = reader

@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTextC
 
 import megapairs as mp
 from megapairs import _core
-from megapairs.encoders import _bert_aliases, _bert_config
+from megapairs._checkpoints import bert_aliases, bert_config
 
 SOT, EOT = 49406, 49407
 
@@ -117,13 +117,14 @@ def test_clip_text_with_projection_checkpoint(tmp_path):
     with torch.inference_mode():
         want = model(input_ids=torch.from_numpy(ids)).text_embeds.numpy()
     # The text tower alone has no image tower: it loads through the C core directly.
-    from megapairs.encoders import _clip_text_hf_aliases, _clip_text_hf_config, _pack, _pool_positions
+    from megapairs._checkpoints import clip_text_hf_aliases, clip_text_hf_config
+    from megapairs._streaming import pack, pool_positions
     from megapairs.weights import SafetensorsFile
 
-    config = _clip_text_hf_config(json.loads((tmp_path / "text" / "config.json").read_text()), tmp_path)
+    config = clip_text_hf_config(json.loads((tmp_path / "text" / "config.json").read_text()), tmp_path)
     with SafetensorsFile(tmp_path / "text") as f:
-        text = _core.Text(config, f.readers, _clip_text_hf_aliases())
-    packed, offsets = _pack(ids, _pool_positions(ids, config["eos_token_id"]) + 1)
+        text = _core.Text(config, f.readers, clip_text_hf_aliases())
+    packed, offsets = pack(ids, pool_positions(ids, config["eos_token_id"]) + 1)
     got = text.encode(packed, offsets)
     assert np.abs(got - want).max() <= 1e-4
 
@@ -268,9 +269,9 @@ def save_bert(tmp_path, seed=0, **config):
 def bert_core(path):
     from megapairs.weights import SafetensorsFile
 
-    config = _bert_config(json.loads((path / "config.json").read_text()), path)
+    config = bert_config(json.loads((path / "config.json").read_text()), path)
     with SafetensorsFile(path) as f:
-        return _core.Text(config, f.readers, _bert_aliases(f.keys())), config
+        return _core.Text(config, f.readers, bert_aliases(f.keys())), config
 
 
 def bert_batch(n, T, vocab, seed=0):
@@ -330,7 +331,7 @@ def test_bert_core_errors(tmp_path):
 
 def test_bert_rejects_other_architectures(tmp_path):
     with pytest.raises(mp.FormatError, match="model_type 'roberta' is not supported"):
-        _bert_config({"model_type": "roberta"}, tmp_path / "config.json")
+        bert_config({"model_type": "roberta"}, tmp_path / "config.json")
 
 
 # --------------------------------------------------------------------------- real sentence encoder

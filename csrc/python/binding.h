@@ -38,4 +38,7 @@ int parse_precision(const char *name, enum mp_precision *out);
 // python/text.c: adds the tokenizer types to the module; -1 with an exception set on failure.
 int mp_text_binding_add(PyObject *module);
 
+// python/fusion.c: adds fuse and fuse_scores; -1 with an exception set on failure.
+int mp_fusion_binding_add(PyObject *module);
+
 #endif

@@ -1180,7 +1180,7 @@ static int core_exec(PyObject *module) {
         Py_DECREF(reader_type);
         return -1;
     }
-    if (mp_text_binding_add(module) < 0) {
+    if (mp_text_binding_add(module) < 0 || mp_fusion_binding_add(module) < 0) {
         Py_DECREF(reader_type);
         return -1;
     }

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ..errors import BackendError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -61,26 +63,6 @@ class Completion:
 
     text: str
     finish_reason: str | None = None
-
-
-class BackendError(RuntimeError):
-    """A request that failed for good.
-
-    Attributes
-    ----------
-    reason : str
-        What went wrong, as recorded in the journal (``"HTTP 500: ... (gave up after 6 attempts)"``).
-    status : int or None
-        The last HTTP status, if there was one.
-    fatal : bool
-        True when no later request can succeed either (HTTP 401, 403, 404): the run stops.
-    """
-
-    def __init__(self, reason: str, status: int | None = None, fatal: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.fatal = fatal
 
 
 def _env(names: Sequence[str]) -> str | None:

@@ -18,6 +18,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from ..errors import OutputError
+
 __all__ = ["FORBIDDEN_PHRASES", "OutputError", "check_description", "parse_instructions", "validate_instructions"]
 
 #: An instruction must not name the images literally: at training time it goes with the
@@ -35,10 +37,6 @@ _STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 # A reasoning model's hidden thoughts, when the server does not strip them.
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-
-
-class OutputError(ValueError):
-    """A model answer that cannot be used; ``str(error)`` is the reason recorded."""
 
 
 def _strings(value) -> list[str] | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..training.schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -58,10 +59,6 @@ DEFAULT_LR = {"adapter": 1e-3, "clip": 5e-6}
 PRECISIONS = ("fp32", "bf16")
 POOLINGS = ("cls", "cls+mean", "mean")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class ConfigError(ValueError):
-    """A setting that is missing, of the wrong type or out of range; the message names it."""
 
 
 @dataclass

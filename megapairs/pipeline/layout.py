@@ -22,13 +22,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import DiskFullError
+
 __all__ = ["DiskFullError", "Output", "atomic_folder", "atomic_write_bytes", "digest", "disk_errors"]
 
 STATE_VERSION = 1
-
-
-class DiskFullError(OSError):
-    """The disk filled up while writing; free space and run the same command to resume."""
 
 
 @contextlib.contextmanager

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import _core
 from .. import images as _images
 from ..dataset import ShardReader, image_loader
+from ..errors import FormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import CLIPConfig, CLIPModel
@@ -85,7 +85,7 @@ def _with_key(exc: BaseException, key: str) -> BaseException:
     if isinstance(exc, KeyError):
         return KeyError(f"image {key!r} is not in the image source given to collate_fn")
     message = f"image {key!r}: {exc}"
-    if isinstance(exc, (FileNotFoundError, _core.FormatError)) or type(exc) in (OSError, ValueError, TypeError):
+    if isinstance(exc, (FileNotFoundError, FormatError)) or type(exc) in (OSError, ValueError, TypeError):
         return type(exc)(message)
     return ValueError(message)
 
@@ -336,13 +336,13 @@ class MMRetCLIP(torch.nn.Module):
         """
         from transformers import CLIPConfig, CLIPModel
 
-        from ..encoders import _read_json, resolve_model_dir
+        from .._hub import read_json, resolve_model_dir
         from ..weights import SafetensorsFile
 
         root = resolve_model_dir(path)
-        raw = _read_json(root / CONFIG)
+        raw = read_json(root / CONFIG)
         if raw.get("model_type") != "clip" or "text_config" not in raw or "vision_config" not in raw:
-            raise _core.FormatError(f"{root / CONFIG}: not a CLIPModel config with both towers "
+            raise FormatError(f"{root / CONFIG}: not a CLIPModel config with both towers "
                                     f"(model_type {raw.get('model_type')!r}); MMRet-CLIP needs the image and text towers")
         weights = _weights_file(root)
         model = CLIPModel(CLIPConfig.from_dict(raw)).float()
@@ -354,11 +354,11 @@ class MMRetCLIP(torch.nn.Module):
             if missing or extra:
                 said = "; ".join(f"{what} {', '.join(ks[:5])}{' ...' if len(ks) > 5 else ''} ({len(ks)})"
                                  for what, ks in (("missing", missing), ("unexpected", extra)) if ks)
-                raise _core.FormatError(f"{weights}: the tensors do not match {root / CONFIG}: {said}")
+                raise FormatError(f"{weights}: the tensors do not match {root / CONFIG}: {said}")
             with torch.no_grad():
                 for name, tensor in want.items():
                     if tuple(f.shape(name)) != tuple(tensor.shape):
-                        raise _core.FormatError(f"{weights}: tensor '{name}' has shape {tuple(f.shape(name))}, "
+                        raise FormatError(f"{weights}: tensor '{name}' has shape {tuple(f.shape(name))}, "
                                                 f"expected {tuple(tensor.shape)}")
                     tensor.copy_(torch.from_numpy(np.array(f.get(name, "float32"))))
         return cls(model, root)
@@ -387,11 +387,11 @@ class MMRetCLIP(torch.nn.Module):
     def transform(self) -> _images.Transform:
         """The image preprocessing: the source's ``preprocessor_config.json``, else OpenAI
         CLIP's at :attr:`image_size`; what :class:`megapairs.CLIP` uses for the same folder."""
-        from ..encoders import _processor_transform
+        from .._checkpoints import processor_transform
 
         size = self.image_size
         fallback = _images.Transform(size, size, _images.OPENAI_CLIP_MEAN, _images.OPENAI_CLIP_STD)
-        return fallback if self.source is None else _processor_transform(self.source, fallback, size)
+        return fallback if self.source is None else processor_transform(self.source, fallback, size)
 
     @property
     def tokenizer_dir(self) -> Path | None:
