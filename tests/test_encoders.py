@@ -14,6 +14,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 import megapairs as mp
+from reference import cosine, open_clip_vision_state
 
 SMALL = {
     "base-like": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -35,10 +36,6 @@ def save_vision_model(tmp_path, seed=0, **config):
 def reference(model, pixels):
     with torch.inference_mode():
         return model(pixel_values=torch.from_numpy(pixels)).image_embeds.numpy()
-
-
-def cosine(a, b):
-    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def pixels_for(config, n=3, seed=1):
@@ -102,41 +99,13 @@ def test_images_are_preprocessed_with_the_model_transform(tmp_path):
     np.testing.assert_array_equal(clip.encode_image(jpegs, batch_size=2), clip.encode_image(pixels))
 
 
-def open_clip_state(model):
-    """The vision tower of a transformers CLIP model renamed to OpenCLIP's (OpenAI) layout:
-    q, k, v packed row-wise into in_proj, c_fc/c_proj, proj stored (D, E)."""
-    sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    hf = "vision_model."
-    out = {
-        "visual.class_embedding": sd[hf + "embeddings.class_embedding"],
-        "visual.conv1.weight": sd[hf + "embeddings.patch_embedding.weight"],
-        "visual.positional_embedding": sd[hf + "embeddings.position_embedding.weight"],
-        "visual.ln_pre.weight": sd[hf + "pre_layrnorm.weight"], "visual.ln_pre.bias": sd[hf + "pre_layrnorm.bias"],
-        "visual.ln_post.weight": sd[hf + "post_layernorm.weight"],
-        "visual.ln_post.bias": sd[hf + "post_layernorm.bias"],
-        "visual.proj": np.ascontiguousarray(sd["visual_projection.weight"].T),
-    }
-    vision = getattr(model.config, "vision_config", model.config)  # CLIPModel or the vision tower alone
-    for i in range(vision.num_hidden_layers):
-        src, dst = f"{hf}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
-        for kind in ("weight", "bias"):
-            out[dst + f"attn.in_proj_{kind}"] = np.concatenate([sd[src + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
-            out[dst + f"attn.out_proj.{kind}"] = sd[src + f"self_attn.out_proj.{kind}"]
-            out[dst + f"ln_1.{kind}"] = sd[src + f"layer_norm1.{kind}"]
-            out[dst + f"ln_2.{kind}"] = sd[src + f"layer_norm2.{kind}"]
-            out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
-            out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
-    out["text_projection"] = np.zeros((8, 8), np.float32)  # other towers are ignored
-    return out
-
-
 def test_packed_in_proj_is_torch_multihead_attention_layout():
     """The packing open_clip_state uses is torch.nn.MultiheadAttention's (which OpenCLIP's
     blocks are): the packed module reproduces transformers' CLIPAttention."""
     torch.manual_seed(0)
     model = CLIPVisionModelWithProjection(CLIPVisionConfig(**SMALL["base-like"])).eval()
     attention = model.vision_model.encoder.layers[0].self_attn
-    state = open_clip_state(model)
+    state = open_clip_vision_state(model)
     mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
     with torch.no_grad():
         block = "visual.transformer.resblocks.0.attn."
@@ -154,7 +123,7 @@ def test_open_clip_layout(tmp_path, name):
 
     config = SMALL[name]
     model = save_vision_model(tmp_path / "hf", **config)
-    save_file(open_clip_state(model), str(tmp_path / "open_clip_model.safetensors"))
+    save_file(open_clip_vision_state(model), str(tmp_path / "open_clip_model.safetensors"))
     D = config["hidden_size"]
     vision = dict(image_size=config["image_size"], layers=config["num_hidden_layers"], width=D,
                   patch_size=config["patch_size"], head_width=D // config["num_attention_heads"],

