@@ -1,12 +1,7 @@
-/* python/text.c: bindings of the tokenizers (csrc/text/): _core.ClipBpe and _core.WordPiece.
- *
- * Texts arrive as a sequence of str, held in a tuple for the duration of the call so that
- * their UTF-8 buffers (CPython caches one per str) stay alive while the GIL is released.
- * Cleaning and Unicode normalisation are megapairs/text.py's; this file converts, calls
- * the core once, and maps the status. */
+/* python/tokenizers.c: _core.ClipBpe and _core.WordPiece, the tokenizers of csrc/text/. Texts are
+ * held in a tuple while the GIL is released so their cached UTF-8 buffers stay alive; cleaning
+ * and Unicode normalisation are megapairs/text.py's. */
 #include "python/binding.h"
-
-#include <pythread.h>
 
 /* ---------------------------------------------------------------- texts */
 
@@ -58,6 +53,21 @@ static PyObject *texts_tuple(PyObject *texts_obj, const char ***ptrs, int64_t **
     *sizes = NULL;
     Py_DECREF(texts);
     return NULL;
+}
+
+// The UTF-8 buffer (cached by the str) of `text` and its size, or NULL with TypeError (not a
+// str) or ValueError (a lone surrogate).
+static const char *text_utf8(PyObject *text, Py_ssize_t *size) {
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "text must be str, got %s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    const char *p = PyUnicode_AsUTF8AndSize(text, size);
+    if (!p && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "text cannot be encoded as UTF-8 (it holds a lone surrogate)");
+    }
+    return p;
 }
 
 // 1-D int64 array of ids[0 .. n).
@@ -138,9 +148,8 @@ static int clip_bpe_init(ClipBpeObject *self, PyObject *args, PyObject *kwargs) 
         raise_status(status);
         goto done;
     }
-    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+    if (handle_lock(&self->lock)) {
         mp_clip_bpe_free(bpe);
-        PyErr_NoMemory();
         goto done;
     }
     mp_clip_bpe_free(self->bpe);
@@ -207,16 +216,9 @@ done:
 // encode(text) -> (n,) int64, without sot/eot
 static PyObject *clip_bpe_encode(ClipBpeObject *self, PyObject *arg) {
     if (clip_bpe_ready(self)) return NULL;
-    if (!PyUnicode_Check(arg)) return PyErr_Format(PyExc_TypeError, "text must be str, got %s", Py_TYPE(arg)->tp_name);
     Py_ssize_t size;
-    const char *text = PyUnicode_AsUTF8AndSize(arg, &size);
-    if (!text) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "text cannot be encoded as UTF-8 (it holds a lone surrogate)");
-        }
-        return NULL;
-    }
+    const char *text = text_utf8(arg, &size);
+    if (!text) return NULL;
     int64_t *ids = PyMem_Malloc((size_t)(size ? size : 1) * sizeof *ids), count = 0;
     if (!ids) return PyErr_NoMemory();
     enum mp_status status;
@@ -444,16 +446,9 @@ done:
 // encode(text) -> (n,) int64, without [CLS]/[SEP]
 static PyObject *wordpiece_encode(WordPieceObject *self, PyObject *arg) {
     if (wordpiece_ready(self)) return NULL;
-    if (!PyUnicode_Check(arg)) return PyErr_Format(PyExc_TypeError, "text must be str, got %s", Py_TYPE(arg)->tp_name);
     Py_ssize_t size;
-    const char *text = PyUnicode_AsUTF8AndSize(arg, &size);
-    if (!text) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "text cannot be encoded as UTF-8 (it holds a lone surrogate)");
-        }
-        return NULL;
-    }
+    const char *text = text_utf8(arg, &size);
+    if (!text) return NULL;
     int64_t *ids = PyMem_Malloc((size_t)(size ? size : 1) * sizeof *ids), count = 0;
     if (!ids) return PyErr_NoMemory();
     enum mp_status status;
@@ -513,16 +508,6 @@ static PyType_Spec wordpiece_spec = {
 
 /* ---------------------------------------------------------------- module */
 
-int mp_text_binding_add(PyObject *module) {
-    PyObject *clip_type = PyType_FromSpec(&clip_bpe_spec);
-    if (!clip_type || PyModule_AddObject(module, "ClipBpe", clip_type) < 0) {
-        Py_XDECREF(clip_type);
-        return -1;
-    }
-    PyObject *wordpiece_type = PyType_FromSpec(&wordpiece_spec);
-    if (!wordpiece_type || PyModule_AddObject(module, "WordPiece", wordpiece_type) < 0) {
-        Py_XDECREF(wordpiece_type);
-        return -1;
-    }
-    return 0;
+int mp_tokenizers_binding_add(PyObject *module) {
+    return add_type(module, &clip_bpe_spec) && add_type(module, &wordpiece_spec) ? 0 : -1;
 }
