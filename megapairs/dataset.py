@@ -24,22 +24,42 @@ Readers also accept the ``q_texts`` spelling of ``q_text`` (seen in copies of th
 from __future__ import annotations
 
 import contextlib
-import gzip
-import hashlib
 import io
 import json
 import logging
 import numbers
 import os
 import posixpath
-import random
 import tarfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
+# The records (JSONL / Parquet) and the training sampler live in private modules; the image
+# sources and the WebDataset shards are here. The names are imported in their source order,
+# which is the order of the reference page (members_order: source).
+# isort: off
+from ._dataset_records import (
+    FIELDS,
+    SCHEMA,  # noqa: F401 (SCHEMA, METADATA_KEY: names of this module before the split)
+    METADATA_KEY,  # noqa: F401
+    PathLike,
+    normalize_record,
+    write_jsonl,
+    iter_jsonl,
+    read_jsonl,
+    records_to_table,
+    records_from_table,
+    write_parquet,
+    iter_parquet,
+    read_parquet,
+    read_parquet_metadata,
+    read_records,
+    write_records,
+    image_keys,
+)
+# isort: on
 
 __all__ = [
     "FIELDS",
@@ -68,232 +88,10 @@ __all__ = [
 
 logger = logging.getLogger("megapairs")
 
-FIELDS = ("q_img", "q_text", "t_img", "hns")
-SCHEMA = pa.schema([
-    ("q_img", pa.string()),
-    ("q_text", pa.list_(pa.string())),
-    ("t_img", pa.string()),
-    ("hns", pa.list_(pa.string())),
-])
-METADATA_KEY = b"megapairs.dataset"
 #: Largest tar member :func:`iter_shard` and :class:`ShardReader` accept (an image, not a bomb).
 MAX_MEMBER_BYTES = 256 << 20
 
-PathLike = str | os.PathLike
 ImageSource = PathLike | Callable[[str], bytes] | Mapping
-
-
-# --------------------------------------------------------------------------- records
-
-
-def normalize_record(record: Mapping, where: str = "record") -> dict:
-    """A record as ``{"q_img": str, "q_text": list[str], "t_img": str, "hns": list[str]}``.
-
-    ``q_texts`` is accepted for ``q_text``; a missing ``q_text`` becomes ``[]`` (records
-    straight from :func:`megapairs.mining.to_records` have none yet). Other keys are dropped.
-
-    Raises
-    ------
-    ValueError
-        Naming ``where`` (e.g. ``"data.jsonl:17"``) and the field, for a missing or
-        mistyped field, or both ``q_text`` and ``q_texts``.
-    """
-    if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: a record must be a mapping, got {type(record).__name__}")  # noqa: TRY004 (data)
-    if "q_text" in record and "q_texts" in record:
-        raise ValueError(f"{where}: has both 'q_text' and 'q_texts'")
-    out = {}
-    for name in ("q_img", "t_img"):
-        value = record.get(name)
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{where}: {name!r} must be a non-empty string, got {value!r}")
-        out[name] = value
-    texts = record.get("q_text", record.get("q_texts", []))
-    if texts is None:
-        texts = []
-    if isinstance(texts, str) or not isinstance(texts, Sequence) and not _is_array(texts):
-        raise ValueError(f"{where}: 'q_text' must be a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    if not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"{where}: 'q_text' must hold only strings")
-    hns = record.get("hns", [])
-    if hns is None:
-        hns = []
-    if isinstance(hns, str) or not isinstance(hns, Sequence) and not _is_array(hns):
-        raise ValueError(f"{where}: 'hns' must be a list of strings, got {type(hns).__name__}")
-    hns = list(hns)
-    if not all(isinstance(h, str) and h for h in hns):
-        raise ValueError(f"{where}: 'hns' must hold only non-empty strings")
-    return {"q_img": out["q_img"], "q_text": texts, "t_img": out["t_img"], "hns": hns}
-
-
-def _is_array(value) -> bool:
-    return hasattr(value, "__array__") and hasattr(value, "tolist")
-
-
-def _open_text(path: Path, mode: str, compressed: bool | None = None):
-    if path.name.endswith(".gz") if compressed is None else compressed:
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_jsonl(records: Iterable[Mapping], path: PathLike) -> int:
-    """Write records, one JSON object a line (``.gz`` suffix: gzip).
-
-    The file is written beside ``path`` and renamed into place, so an interrupted write
-    never leaves a partial file under the final name. Returns the number of records.
-    """
-    path = Path(path)
-    tmp = _atomic_target(path)
-    n = 0
-    try:
-        with _open_text(tmp, "w", compressed=path.name.endswith(".gz")) as f:
-            for n, record in enumerate(records, start=1):
-                f.write(json.dumps(normalize_record(record, f"records[{n - 1}]"), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
-
-
-def iter_jsonl(path: PathLike) -> Iterator[dict]:
-    """Records of a JSONL file (``.gz`` allowed), normalised; blank lines are skipped.
-
-    Raises
-    ------
-    ValueError
-        Naming ``file:line`` for a line that is not JSON or not a valid record.
-    """
-    path = Path(path)
-    with _open_text(path, "r") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            yield normalize_record(obj, f"{path}:{lineno}")
-
-
-def read_jsonl(path: PathLike) -> list[dict]:
-    """All records of a JSONL file, see :func:`iter_jsonl`."""
-    return list(iter_jsonl(path))
-
-
-def records_to_table(records: Iterable[Mapping], metadata: Mapping | None = None) -> pa.Table:
-    """A pyarrow table with columns ``q_img`` string, ``q_text`` list<string>, ``t_img``
-    string, ``hns`` list<string>. ``metadata`` (JSON-serialisable) goes to the schema
-    metadata under ``b"megapairs.dataset"``."""
-    columns: dict[str, list] = {name: [] for name in FIELDS}
-    for i, record in enumerate(records):
-        r = normalize_record(record, f"records[{i}]")
-        for name in FIELDS:
-            columns[name].append(r[name])
-    schema = SCHEMA
-    if metadata is not None:
-        schema = schema.with_metadata({METADATA_KEY: json.dumps(dict(metadata), ensure_ascii=False)})
-    return pa.Table.from_pydict(columns, schema=schema)
-
-
-def records_from_table(table: pa.Table, where: str = "table") -> list[dict]:
-    """Records from a table with columns ``q_img``, ``q_text`` (or ``q_texts``), ``t_img``
-    and ``hns``; other columns are ignored."""
-    names = table.column_names
-    text_col = "q_text" if "q_text" in names else "q_texts" if "q_texts" in names else None
-    missing = [c for c in ("q_img", "t_img", "hns") if c not in names]
-    if missing:
-        raise ValueError(f"{where}: no column {missing[0]!r}; columns are {names}")
-    cols = {"q_img": table["q_img"].to_pylist(), "t_img": table["t_img"].to_pylist(),
-            "hns": table["hns"].to_pylist(),
-            "q_text": table[text_col].to_pylist() if text_col else [[]] * table.num_rows}
-    return [normalize_record({name: cols[name][i] for name in FIELDS}, f"{where} row {i}")
-            for i in range(table.num_rows)]
-
-
-def write_parquet(records: Iterable[Mapping], path: PathLike, metadata: Mapping | None = None,
-                  row_group_size: int = 100_000) -> int:
-    """Write records to Parquet (schema of :func:`records_to_table`), atomically.
-    Returns the number of records."""
-    import pyarrow.parquet as pq
-
-    table = records_to_table(records, metadata)
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return table.num_rows
-
-
-def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
-    """Records of a Parquet file, read ``batch_size`` rows at a time (the released
-    26M-record file need not fit in memory as Python objects)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    wanted = [c for c in ("q_img", "q_text", "q_texts", "t_img", "hns") if c in names]
-    for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
-        yield from records_from_table(pa.Table.from_batches([batch]), str(path))
-
-
-def read_parquet(path: PathLike) -> list[dict]:
-    """All records of a Parquet file (``q_texts`` accepted)."""
-    import pyarrow.parquet as pq
-
-    return records_from_table(pq.read_table(path), str(path))
-
-
-def read_parquet_metadata(path: PathLike) -> dict | None:
-    """The ``megapairs.dataset`` schema metadata of a Parquet file written here, or None."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
-
-
-def _format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".json")):
-        return "jsonl"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    raise ValueError(f"{path}: cannot tell the format from the name; use .jsonl, .jsonl.gz or .parquet")
-
-
-def read_records(path: PathLike) -> list[dict]:
-    """Records from ``.jsonl`` / ``.jsonl.gz`` / ``.parquet``, chosen by the file name."""
-    path = Path(path)
-    return read_jsonl(path) if _format(path) == "jsonl" else read_parquet(path)
-
-
-def write_records(records: Iterable[Mapping], path: PathLike, metadata: Mapping | None = None) -> int:
-    """Write records as ``.jsonl`` / ``.jsonl.gz`` / ``.parquet``, chosen by the file name.
-    ``metadata`` is kept in Parquet schema metadata; JSONL holds records only."""
-    path = Path(path)
-    return write_jsonl(records, path) if _format(path) == "jsonl" else write_parquet(records, path, metadata)
-
-
-def image_keys(records: Iterable[Mapping]) -> list[str]:
-    """Every image a set of records refers to (``q_img``, ``t_img``, ``hns``), once each,
-    in order of first appearance."""
-    seen: dict[str, None] = {}
-    for r in records:
-        seen.setdefault(r["q_img"])
-        seen.setdefault(r["t_img"])
-        for h in r.get("hns") or ():
-            seen.setdefault(h)
-    return list(seen)
 
 
 # --------------------------------------------------------------------------- image sources
@@ -645,99 +443,5 @@ class ShardReader(Mapping):
             self.close()
 
 
-# --------------------------------------------------------------------------- training sampler
-
-
-class InstructionSampler(Sequence):
-    """Training examples from records: one instruction and ``num_negatives`` hard negatives each.
-
-    Item ``i`` of epoch ``e`` is ``{"q_img", "q_text": str, "t_img", "hns": list[str]}``
-    built from record ``i``: ``q_text`` is one of the record's instructions drawn uniformly;
-    ``hns[0]`` is the record's ``hns[0]``, the query image, always (MegaPairs: training
-    without it teaches the model to return the query); the other ``num_negatives - 1`` are
-    drawn without replacement from ``hns[1:]``, or, when there are too few, all of them
-    followed by draws with replacement (VISTA's ``random.choices``), or ``hns[0]`` repeated
-    when there are none. The draws are a pure function of ``(seed, epoch, i)``, so a
-    map-style ``DataLoader`` over this object is reproducible whatever its workers.
-    Iterating yields one epoch in a shuffled order (also a function of seed and epoch) when
-    ``shuffle``.
-
-    Parameters
-    ----------
-    records : sequence of records
-        Each needs at least one instruction, ``hns[0] == q_img`` (or empty ``hns``, then the
-        query image stands in), and no ``t_img`` among its ``hns``.
-    num_negatives : int
-        Negatives per example, the query image included (the paper: 4 for CLIP, 3 for the MLLM).
-    seed : int
-    shuffle : bool
-
-    Raises
-    ------
-    ValueError
-        On access to a record that breaks the rules above, naming its index.
-    """
-
-    def __init__(self, records: Sequence[Mapping], num_negatives: int = 4, seed: int = 0, shuffle: bool = True):
-        if not isinstance(num_negatives, numbers.Integral) or isinstance(num_negatives, bool) or num_negatives < 1:
-            raise ValueError(f"num_negatives must be a positive int (it includes the query image), "
-                             f"got {num_negatives!r}")
-        if not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        self.records = records
-        self.num_negatives = int(num_negatives)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw instructions, negatives and order anew for ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self.records)
-        if not isinstance(i, numbers.Integral):
-            raise TypeError(f"index must be an int or a slice, got {type(i).__name__}")
-        if not -n <= i < n:
-            raise IndexError(f"index {i!r} out of range for {n} records")
-        i = int(i) % n
-        r = self.records[i]
-        texts = r.get("q_text", r.get("q_texts"))
-        if not texts:
-            raise ValueError(f"record {i} has no instructions (q_text is empty)")
-        hns = list(r.get("hns") or [r["q_img"]])
-        if hns[0] != r["q_img"]:
-            raise ValueError(f"record {i}: hns[0] must be the query image {r['q_img']!r}, got {hns[0]!r}")
-        if r["t_img"] in hns:
-            raise ValueError(f"record {i}: the target image {r['t_img']!r} is among its hard negatives")
-        rng = random.Random(_mix(self.seed, self.epoch, i))
-        text = texts[rng.randrange(len(texts))]
-        want, pool = self.num_negatives - 1, hns[1:]
-        if len(pool) >= want:
-            picked = rng.sample(pool, want)
-        elif pool:
-            picked = rng.sample(pool, len(pool)) + rng.choices(pool, k=want - len(pool))
-        else:
-            picked = [hns[0]] * want
-        return {"q_img": r["q_img"], "q_text": text, "t_img": r["t_img"], "hns": [hns[0], *picked]}
-
-    def order(self) -> list[int]:
-        """The record order of the current epoch."""
-        idx = list(range(len(self.records)))
-        if self.shuffle:
-            random.Random(_mix(self.seed, self.epoch, -1)).shuffle(idx)
-        return idx
-
-    def __iter__(self) -> Iterator[dict]:
-        for i in self.order():
-            yield self[i]
-
-
-def _mix(*values: int) -> int:
-    """A 64-bit seed from integers, the same in every process."""
-    return int.from_bytes(hashlib.sha256(json.dumps(values).encode()).digest()[:8], "big")
+# Imported last so the reference page (members in source order) keeps the sampler after the shards.
+from ._dataset_sampler import InstructionSampler

@@ -18,141 +18,40 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .. import _core
-from .config import Config, ConfigError, SpaceConfig, apply_overrides, load_config, save_config, validate
+from ._stages_annotate import annotate
+from ._stages_base import (
+    STAGES,
+    StageFailed,
+    StageResult,
+    _context,
+    _manifest_corpus,
+    _progress,
+    _set_manifest_errors,
+    _threads,
+    _upstream,
+    _write_parquet,
+    read_manifest,
+    resolve_config,
+)
+from ._stages_caption import CAPTION_FORMAT, caption  # noqa: F401 (CAPTION_FORMAT: was defined here)
+from ._stages_export import export
+from .config import Config, ConfigError, SpaceConfig, load_config
 from .ingest import check_images, image_source, manifest_table, scan
-from .layout import Output, atomic_folder, atomic_write_json, digest, disk_errors
+from .layout import Output, atomic_write_json, digest, disk_errors
+
+# Caption, annotate and export are in private modules; ingest, encode and mine stay here, and
+# _load_model and _write_parquet are looked up in this module's namespace (tests replace them
+# here to stop a run midway).
 
 __all__ = ["STAGES", "StageFailed", "StageResult", "annotate", "build", "caption", "encode", "export", "ingest",
            "mine", "resolve_config", "status"]
-
-logger = logging.getLogger("megapairs")
-
-STAGES = ("ingest", "caption", "encode", "mine", "annotate", "export")
-
-
-class StageFailed(_core.Error):
-    """A stage ran but produced nothing usable (every image failed, no pair was mined, every
-    pair failed annotation). The message says what to look at."""
-
-
-@dataclass
-class StageResult:
-    """What one stage did: ``ran`` is False when it was up to date and skipped."""
-
-    stage: str
-    ran: bool
-    fingerprint: str
-    stats: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def resolve_config(out: str | os.PathLike, config: Config | str | os.PathLike | None = None, *,
-                   images: str | os.PathLike | None = None, overrides: Sequence[str] | dict | None = None,
-                   save: bool = True) -> Config:
-    """The configuration a run in ``out`` uses: ``config`` (a :class:`Config` or a TOML path;
-    default ``out/megapairs.toml`` when it exists, else the defaults), then ``images`` as
-    ``corpus.path``, then ``overrides``. Validated, and saved as ``out/megapairs.toml``
-    when it differs from what is there."""
-    o = Output(out)
-    if isinstance(config, Config):
-        cfg = dataclasses.replace(config)
-    else:
-        path = config if config is not None else (o.config if o.config.is_file() else None)
-        cfg = load_config(path)
-    if images is not None:
-        cfg = apply_overrides(cfg, {"corpus.path": str(images)})
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
-    if save:
-        current = load_config(o.config).to_dict() if o.config.is_file() else None
-        if current != cfg.to_dict():
-            o.root.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, o.config)
-    return cfg
-
-
-def _context(out, config) -> tuple[Output, Config]:
-    if isinstance(out, Output):
-        out = out.root
-    return Output(out), resolve_config(out, config)
-
-
-def _upstream(o: Output, stage: str, fingerprints: dict | None) -> str:
-    """The fingerprint ``stage`` has in this run, or the one it recorded when it finished."""
-    if fingerprints and stage in fingerprints:
-        return fingerprints[stage]
-    state = o.read_state(stage)
-    if state is None:
-        command = stage.split(":")[0]
-        # name the first stage of the chain that has not finished
-        command = next((s for s in STAGES[:STAGES.index(command)] if s != "encode" and o.read_state(s) is None),
-                       command)
-        raise StageFailed(f"the {command} stage has not finished in {o.root}: run `megapairs {command}` "
-                          f"(or `megapairs build`) first")
-    return state["fingerprint"]
-
-
-def _progress(progress: bool | None, n: int, threshold: int = 256) -> bool:
-    return n > threshold if progress is None else bool(progress)
-
-
-def _threads(cfg: Config) -> int | None:
-    return cfg.encode.num_threads or None
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def read_manifest(o: Output) -> pa.Table:
-    if not o.manifest.is_file():
-        raise StageFailed(f"no manifest in {o.root}: run `megapairs ingest` (or `megapairs build`) first")
-    return pq.read_table(o.manifest)
-
-
-def _manifest_corpus(o: Output) -> tuple[str, Path]:
-    state = o.read_state("ingest")
-    if state is None:
-        raise StageFailed(f"the ingest stage has not finished in {o.root}: run `megapairs ingest` first")
-    return state["corpus"]["kind"], Path(state["corpus"]["root"])
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with disk_errors(str(path)):
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-
-
-def _set_manifest_errors(o: Output, errors: dict[int, str]) -> None:
-    """Mark manifest rows as failed (row -> message), keeping every other row, and the first
-    message of a row that failed before, as they are."""
-    table = read_manifest(o)
-    status = table["status"].to_pylist()
-    error = table["error"].to_pylist()
-    fresh = {row: message for row, message in errors.items() if status[row] == "ok"}
-    if not fresh:
-        return
-    for row, message in fresh.items():
-        status[row], error[row] = "error", message
-    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-    table = table.set_column(table.schema.get_field_index("error"), "error", pa.array(error, pa.string()))
-    _write_parquet(table, o.manifest)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -182,144 +81,6 @@ def ingest(out, config=None, *, progress: bool | None = None, fingerprints: dict
     o.write_state("ingest", fp, [], stats, corpus={"kind": corpus.kind, "root": str(corpus.root.resolve())},
                   config=dataclasses.asdict(cfg.corpus))
     return StageResult("ingest", True, fp, stats, time.monotonic() - t0)
-
-
-# --------------------------------------------------------------------------- caption
-
-
-CAPTION_FORMAT = "megapairs.captions/1"
-
-
-def caption(out, config=None, *, progress: bool | None = None, fingerprints: dict | None = None,
-            backend=None) -> StageResult:
-    """With ``corpus.captions = "mllm"``: ask an OpenAI-compatible multimodal model for a
-    caption of every readable image that has none, through ``captions.jsonl`` (one line per
-    answer, so a killed run resumes), then write them into the manifest. Otherwise nothing
-    to do."""
-    t0 = time.monotonic()
-    o, cfg = _context(out, config)
-    up = _upstream(o, "ingest", fingerprints)
-    if cfg.corpus.captions != "mllm":
-        fp = digest("caption", up, cfg.corpus.captions)
-        stats = {"source": cfg.corpus.captions}
-        if not o.is_current("caption", fp):
-            o.write_state("caption", fp, [], stats)
-        return StageResult("caption", False, fp, stats)
-    c = cfg.caption
-    settings = {"model": c.model or os.environ.get("MEGAPAIRS_MLLM_MODEL", ""), "prompt": c.prompt,
-                "max_tokens": c.max_tokens, "max_image_side": c.max_image_side}
-    fp = digest("caption", up, settings)
-    if o.is_current("caption", fp):
-        return StageResult("caption", False, fp, o.read_state("caption")["stats"])
-    if not settings["model"]:
-        raise ConfigError("corpus.captions = 'mllm' needs a model: set caption.model or MEGAPAIRS_MLLM_MODEL")
-    from ..annotate.backends import BackendError, OpenAIBackend
-    from ..annotate.prompts import image_data_url
-
-    table = read_manifest(o)
-    keys, captions, status = (table[c_].to_pylist() for c_ in ("key", "caption", "status"))
-    todo = [i for i in range(len(keys)) if status[i] == "ok" and not captions[i]]
-    done = _read_caption_journal(o.captions_journal, settings)
-    kind, root = _manifest_corpus(o)
-    load = image_source(kind, root, [keys[i] for i in todo])
-    own = backend is None
-    backend = OpenAIBackend(c.api_base or None, max_connections=c.concurrency) if own else backend
-    asked = failed = 0
-    from concurrent.futures import ThreadPoolExecutor
-
-    def ask(i):
-        url = image_data_url(load(keys[i]), c.max_image_side)
-        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                 {"type": "text", "text": c.prompt}]}]
-        return backend.chat(messages, model=settings["model"], max_tokens=c.max_tokens, temperature=0.0).text
-
-    pending = [i for i in todo if keys[i] not in done]
-    bar = None
-    if _progress(progress, len(pending), 20):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pending), desc="captioning", unit="img")
-    try:
-        with _journal_file(o.captions_journal, settings) as jf, ThreadPoolExecutor(c.concurrency) as pool:
-            for i, fut in zip(pending, [pool.submit(_catch, ask, i) for i in pending]):
-                text, error = fut.result()
-                if isinstance(error, BackendError) and error.fatal:
-                    raise error
-                entry = {"key": keys[i], "caption": " ".join(text.split()) if text else None,
-                         "error": None if text else str(error or "empty answer")}
-                with disk_errors(str(o.captions_journal)):
-                    jf.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
-                    jf.flush()
-                done[keys[i]] = entry
-                asked += 1
-                failed += entry["caption"] is None
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        if own:
-            backend.close()
-    for i in todo:
-        e = done.get(keys[i])
-        if e and e.get("caption"):
-            captions[i] = e["caption"]
-    table = table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
-    _write_parquet(table, o.manifest)
-    stats = {"captioned": sum(bool(done.get(keys[i], {}).get("caption")) for i in todo),
-             "failed": sum(not done.get(keys[i], {}).get("caption") for i in todo), "asked": asked}
-    o.write_state("caption", fp, [o.captions_journal], stats, config=settings)
-    if todo and stats["captioned"] == 0:
-        raise StageFailed(f"no caption was written for any of {len(todo)} images; see {o.captions_journal}")
-    return StageResult("caption", True, fp, stats, time.monotonic() - t0)
-
-
-def _catch(fn, *args):
-    try:
-        return fn(*args), None
-    except Exception as e:  # noqa: BLE001 - recorded per image, like annotate's failures
-        return None, e
-
-
-def _read_caption_journal(path: Path, settings: dict) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    done = {}
-    data = path.read_bytes()
-    lines = data[:data.rfind(b"\n") + 1].splitlines()
-    for n, raw in enumerate(lines, start=1):
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            raise ValueError(f"{path}:{n}: not a caption journal line") from None
-        if n == 1:
-            if entry.get("format") != CAPTION_FORMAT:
-                raise ValueError(f"{path}: not a megapairs caption journal")
-            if entry.get("settings") != settings:
-                backup = path.with_name(f"captions.{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
-                os.replace(path, backup)
-                logger.warning("caption settings changed: kept the old answers in %s and starting anew", backup)
-                return {}
-            continue
-        if entry.get("caption"):
-            done[entry["key"]] = entry
-    return done
-
-
-@contextlib.contextmanager
-def _journal_file(path: Path, settings: dict):
-    new = not path.is_file() or path.stat().st_size == 0
-    with disk_errors(str(path)), open(path, "ab") as f:
-        data_end = None
-        if not new:  # cut a torn last line
-            data = path.read_bytes()
-            data_end = data.rfind(b"\n") + 1
-            if data_end < len(data):
-                f.truncate(data_end)
-        if new:
-            f.write((json.dumps({"format": CAPTION_FORMAT, "settings": settings}) + "\n").encode("utf-8"))
-            f.flush()
-        yield f
 
 
 # --------------------------------------------------------------------------- encode
@@ -562,131 +323,6 @@ def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict |
     return StageResult("mine", True, fp, summary, time.monotonic() - t0)  # all of it: pairs.stats.json
 
 
-# --------------------------------------------------------------------------- annotate
-
-
-def _annotate_settings(cfg: Config) -> dict:
-    a = dataclasses.asdict(cfg.annotate)
-    a.pop("concurrency")
-    return a
-
-
-def _pair_records(o: Output) -> tuple[list[dict], list[str], list[str | None]]:
-    from .. import mining
-
-    table = read_manifest(o)
-    keys, captions = table["key"].to_pylist(), table["caption"].to_pylist()
-    pairs = pq.read_table(o.pairs)
-    return mining.to_records(pairs, keys), keys, captions
-
-
-def annotate(out, config=None, *, progress: bool | None = None, fingerprints: dict | None = None,
-             backend=None) -> StageResult:
-    """Write instructions for the mined pairs into the journal ``annotations.jsonl``: with the
-    offline template annotator (a baseline built from the captions) or, with
-    ``annotate.annotator = "openai"``, the MegaPairs two-stage MLLM + LLM method against an
-    OpenAI-compatible server. Answers already in the journal are never asked again, even
-    when mining changed; a journal made with other annotator settings is kept aside."""
-    from .. import annotate as ann
-
-    t0 = time.monotonic()
-    o, cfg = _context(out, config)
-    settings = _annotate_settings(cfg)
-    up = [_upstream(o, "mine", fingerprints)]
-    if cfg.annotate.annotator == "template":
-        up.append(_upstream(o, "caption", fingerprints))
-    fp = digest("annotate", up, settings)
-    if o.is_current("annotate", fp):
-        return StageResult("annotate", False, fp, o.read_state("annotate")["stats"])
-    previous = o.read_state("annotate")
-    if previous is not None and previous.get("config") != settings and o.annotations.is_file():
-        backup = o.root / f"annotations.{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
-        os.replace(o.annotations, backup)
-        logger.warning("annotator settings changed: kept the old journal as %s and starting a new one", backup)
-    o.clear_state("annotate")
-    records, keys, captions = _pair_records(o)
-    a = cfg.annotate
-    with disk_errors(str(o.annotations)):
-        if a.annotator == "template":
-            from ..annotate.template import annotate_template
-
-            result = annotate_template(records, dict(zip(keys, captions)), journal=o.annotations, seed=a.seed,
-                                       progress=progress)
-        else:
-            own = backend is None
-            llm_backend = None
-            if own:
-                backend = ann.OpenAIBackend(a.api_base or None, max_connections=max(8, a.concurrency))
-                if a.llm_api_base:
-                    llm_backend = ann.OpenAIBackend(a.llm_api_base, max_connections=max(8, a.concurrency))
-            try:
-                kind, root = _manifest_corpus(o)
-                result = ann.annotate(records, image_source(kind, root, keys), backend=backend,
-                                      llm_backend=llm_backend, mllm_model=a.mllm_model or None,
-                                      llm_model=a.llm_model or None, journal=o.annotations,
-                                      concurrency=a.concurrency, seed=a.seed, prompt_version=a.prompt_version,
-                                      max_image_side=a.max_image_side, progress=progress)
-            finally:
-                if own:
-                    backend.close()
-                    if llm_backend is not None:
-                        llm_backend.close()
-    stats = {"annotator": a.annotator, "pairs": result.stats["pairs"], "done": result.stats["done"],
-             "failed": result.stats["failed"]}
-    if records and not result.records:
-        first = result.failures[0] if result.failures else {}
-        raise StageFailed(f"every one of the {len(records)} pairs failed annotation; the first: "
-                          f"{first.get('stage')}: {first.get('reason')} (all reasons are in {o.annotations})")
-    o.write_state("annotate", fp, [o.annotations], stats, config=settings)
-    if result.failures:
-        logger.warning("annotate: %d of %d pairs failed; their reasons are in %s", len(result.failures),
-                       len(records), o.annotations)
-    return StageResult("annotate", True, fp, stats, time.monotonic() - t0)
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export(out, config=None, *, progress: bool | None = None, fingerprints: dict | None = None) -> StageResult:
-    """Write the annotated pairs as MegaPairs records (``dataset/records.jsonl``,
-    ``dataset/records.parquet``) and the images they use as WebDataset shards
-    (``dataset/shards/images-000000.tar``, ...), as ``export.formats`` says. The folder is
-    built beside the old one and swapped in whole."""
-    from .. import dataset
-    from ..annotate import read_journal
-    from ..annotate.pipeline import outcomes
-
-    t0 = time.monotonic()
-    o, cfg = _context(out, config)
-    fp = digest("export", _upstream(o, "annotate", fingerprints), dataclasses.asdict(cfg.export))
-    if o.is_current("export", fp):
-        return StageResult("export", False, fp, o.read_state("export")["stats"])
-    pairs, keys, _ = _pair_records(o)
-    journal = read_journal(o.annotations)
-    header = journal.header or {}
-    records, _ = outcomes(pairs, journal)
-    metadata = {"annotate": header.get("settings", {}), "megapairs_version": header.get("megapairs_version"),
-                "annotator": header.get("settings", {}).get("annotator", "openai")}
-    formats = cfg.export.formats
-    stats = {"records": len(records), "formats": formats}
-    with disk_errors(str(o.dataset)), atomic_folder(o.dataset) as tmp:
-        if "jsonl" in formats:
-            dataset.write_jsonl(records, tmp / o.records_jsonl.name)
-        if "parquet" in formats:
-            dataset.write_parquet(records, tmp / o.records_parquet.name, metadata=metadata)
-        if "shards" in formats:
-            kind, root = _manifest_corpus(o)
-            image_keys = dataset.image_keys(records)
-            written = dataset.write_shards(image_keys, image_source(kind, root, image_keys), tmp / "shards",
-                                           max_count=cfg.export.shard_max_count,
-                                           resize=cfg.export.resize or None, progress=progress)
-            stats.update(images=written.images, shards=len(written.paths))
-    outputs = [p for p in (o.records_jsonl, o.records_parquet) if p.exists()]
-    outputs += sorted(o.shards.glob("*.tar")) if o.shards.is_dir() else []
-    o.write_state("export", fp, outputs, stats, config=dataclasses.asdict(cfg.export))
-    return StageResult("export", True, fp, stats, time.monotonic() - t0)
-
-
 # --------------------------------------------------------------------------- build and status
 
 
@@ -773,4 +409,3 @@ def status(out: str | os.PathLike) -> list[dict]:
                                                                 and r["stage"].startswith("encode:"))):
             r["state"] = "stale"
     return rows
-

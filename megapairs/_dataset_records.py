@@ -1,0 +1,238 @@
+"""MegaPairs records as files: the record schema, normalisation (``q_texts`` accepted),
+JSONL (``.gz`` allowed) and Parquet reading and writing, and the images a set of records
+refers to. Re-exported by :mod:`megapairs.dataset`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+FIELDS = ("q_img", "q_text", "t_img", "hns")
+SCHEMA = pa.schema([
+    ("q_img", pa.string()),
+    ("q_text", pa.list_(pa.string())),
+    ("t_img", pa.string()),
+    ("hns", pa.list_(pa.string())),
+])
+METADATA_KEY = b"megapairs.dataset"
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------- records
+
+
+def normalize_record(record: Mapping, where: str = "record") -> dict:
+    """A record as ``{"q_img": str, "q_text": list[str], "t_img": str, "hns": list[str]}``.
+
+    ``q_texts`` is accepted for ``q_text``; a missing ``q_text`` becomes ``[]`` (records
+    straight from :func:`megapairs.mining.to_records` have none yet). Other keys are dropped.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` (e.g. ``"data.jsonl:17"``) and the field, for a missing or
+        mistyped field, or both ``q_text`` and ``q_texts``.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: a record must be a mapping, got {type(record).__name__}")  # noqa: TRY004 (data)
+    if "q_text" in record and "q_texts" in record:
+        raise ValueError(f"{where}: has both 'q_text' and 'q_texts'")
+    out = {}
+    for name in ("q_img", "t_img"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: {name!r} must be a non-empty string, got {value!r}")
+        out[name] = value
+    texts = record.get("q_text", record.get("q_texts", []))
+    if texts is None:
+        texts = []
+    if isinstance(texts, str) or not isinstance(texts, Sequence) and not _is_array(texts):
+        raise ValueError(f"{where}: 'q_text' must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{where}: 'q_text' must hold only strings")
+    hns = record.get("hns", [])
+    if hns is None:
+        hns = []
+    if isinstance(hns, str) or not isinstance(hns, Sequence) and not _is_array(hns):
+        raise ValueError(f"{where}: 'hns' must be a list of strings, got {type(hns).__name__}")
+    hns = list(hns)
+    if not all(isinstance(h, str) and h for h in hns):
+        raise ValueError(f"{where}: 'hns' must hold only non-empty strings")
+    return {"q_img": out["q_img"], "q_text": texts, "t_img": out["t_img"], "hns": hns}
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "__array__") and hasattr(value, "tolist")
+
+
+def _open_text(path: Path, mode: str, compressed: bool | None = None):
+    if path.name.endswith(".gz") if compressed is None else compressed:
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def _atomic_target(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_jsonl(records: Iterable[Mapping], path: PathLike) -> int:
+    """Write records, one JSON object a line (``.gz`` suffix: gzip).
+
+    The file is written beside ``path`` and renamed into place, so an interrupted write
+    never leaves a partial file under the final name. Returns the number of records.
+    """
+    path = Path(path)
+    tmp = _atomic_target(path)
+    n = 0
+    try:
+        with _open_text(tmp, "w", compressed=path.name.endswith(".gz")) as f:
+            for n, record in enumerate(records, start=1):
+                f.write(json.dumps(normalize_record(record, f"records[{n - 1}]"), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def iter_jsonl(path: PathLike) -> Iterator[dict]:
+    """Records of a JSONL file (``.gz`` allowed), normalised; blank lines are skipped.
+
+    Raises
+    ------
+    ValueError
+        Naming ``file:line`` for a line that is not JSON or not a valid record.
+    """
+    path = Path(path)
+    with _open_text(path, "r") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            yield normalize_record(obj, f"{path}:{lineno}")
+
+
+def read_jsonl(path: PathLike) -> list[dict]:
+    """All records of a JSONL file, see :func:`iter_jsonl`."""
+    return list(iter_jsonl(path))
+
+
+def records_to_table(records: Iterable[Mapping], metadata: Mapping | None = None) -> pa.Table:
+    """A pyarrow table with columns ``q_img`` string, ``q_text`` list<string>, ``t_img``
+    string, ``hns`` list<string>. ``metadata`` (JSON-serialisable) goes to the schema
+    metadata under ``b"megapairs.dataset"``."""
+    columns: dict[str, list] = {name: [] for name in FIELDS}
+    for i, record in enumerate(records):
+        r = normalize_record(record, f"records[{i}]")
+        for name in FIELDS:
+            columns[name].append(r[name])
+    schema = SCHEMA
+    if metadata is not None:
+        schema = schema.with_metadata({METADATA_KEY: json.dumps(dict(metadata), ensure_ascii=False)})
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def records_from_table(table: pa.Table, where: str = "table") -> list[dict]:
+    """Records from a table with columns ``q_img``, ``q_text`` (or ``q_texts``), ``t_img``
+    and ``hns``; other columns are ignored."""
+    names = table.column_names
+    text_col = "q_text" if "q_text" in names else "q_texts" if "q_texts" in names else None
+    missing = [c for c in ("q_img", "t_img", "hns") if c not in names]
+    if missing:
+        raise ValueError(f"{where}: no column {missing[0]!r}; columns are {names}")
+    cols = {"q_img": table["q_img"].to_pylist(), "t_img": table["t_img"].to_pylist(),
+            "hns": table["hns"].to_pylist(),
+            "q_text": table[text_col].to_pylist() if text_col else [[]] * table.num_rows}
+    return [normalize_record({name: cols[name][i] for name in FIELDS}, f"{where} row {i}")
+            for i in range(table.num_rows)]
+
+
+def write_parquet(records: Iterable[Mapping], path: PathLike, metadata: Mapping | None = None,
+                  row_group_size: int = 100_000) -> int:
+    """Write records to Parquet (schema of :func:`records_to_table`), atomically.
+    Returns the number of records."""
+    import pyarrow.parquet as pq
+
+    table = records_to_table(records, metadata)
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return table.num_rows
+
+
+def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
+    """Records of a Parquet file, read ``batch_size`` rows at a time (the released
+    26M-record file need not fit in memory as Python objects)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    wanted = [c for c in ("q_img", "q_text", "q_texts", "t_img", "hns") if c in names]
+    for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+        yield from records_from_table(pa.Table.from_batches([batch]), str(path))
+
+
+def read_parquet(path: PathLike) -> list[dict]:
+    """All records of a Parquet file (``q_texts`` accepted)."""
+    import pyarrow.parquet as pq
+
+    return records_from_table(pq.read_table(path), str(path))
+
+
+def read_parquet_metadata(path: PathLike) -> dict | None:
+    """The ``megapairs.dataset`` schema metadata of a Parquet file written here, or None."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
+
+
+def _format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".json")):
+        return "jsonl"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise ValueError(f"{path}: cannot tell the format from the name; use .jsonl, .jsonl.gz or .parquet")
+
+
+def read_records(path: PathLike) -> list[dict]:
+    """Records from ``.jsonl`` / ``.jsonl.gz`` / ``.parquet``, chosen by the file name."""
+    path = Path(path)
+    return read_jsonl(path) if _format(path) == "jsonl" else read_parquet(path)
+
+
+def write_records(records: Iterable[Mapping], path: PathLike, metadata: Mapping | None = None) -> int:
+    """Write records as ``.jsonl`` / ``.jsonl.gz`` / ``.parquet``, chosen by the file name.
+    ``metadata`` is kept in Parquet schema metadata; JSONL holds records only."""
+    path = Path(path)
+    return write_jsonl(records, path) if _format(path) == "jsonl" else write_parquet(records, path, metadata)
+
+
+def image_keys(records: Iterable[Mapping]) -> list[str]:
+    """Every image a set of records refers to (``q_img``, ``t_img``, ``hns``), once each,
+    in order of first appearance."""
+    seen: dict[str, None] = {}
+    for r in records:
+        seen.setdefault(r["q_img"])
+        seen.setdefault(r["t_img"])
+        for h in r.get("hns") or ():
+            seen.setdefault(h)
+    return list(seen)
