@@ -29,6 +29,21 @@ def preprocess(
     pass_order: int = 1,  # 0: Pillow <= 12, 1: Pillow >= 13
     num_threads: int = 0,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], list[str | None]]: ...  # (N, 3, h, w), status, messages
+def fuse(
+    inputs: Sequence[npt.ArrayLike],  # count arrays of one shape (N, D)
+    weights: npt.ArrayLike | None = None,  # (count,); None: all 1
+    *,
+    normalize: bool = True,
+    out: npt.NDArray[np.float32] | None = None,  # may be one of the inputs
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def fuse_scores(
+    scores: Sequence[npt.ArrayLike],  # count arrays of one shape
+    weights: npt.ArrayLike | None = None,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
 def _raise_status_for_testing(status: int, message: str, /) -> None: ...
 def matmul_nt(
     a: npt.ArrayLike,  # (M, K)
@@ -75,9 +90,11 @@ class SafetensorsReader:
     def closed(self) -> bool: ...
 
 class Vit:
-    """A ViT image tower (CLIP or DINOv2) held by the C core; tensors in vit.h's canonical order."""
+    """A ViT image tower (CLIP or DINOv2) held by the C core. The core binds its weights by
+    name (weights/bind.c) from `files`, after renaming them through `aliases` (canonical name
+    -> source expression, megapairs/_checkpoints.py), and checks every shape."""
 
-    def __init__(self, config: dict[str, Any], tensors: list[npt.ArrayLike]) -> None: ...
+    def __init__(self, config: dict[str, Any], files: Sequence[SafetensorsReader], aliases: dict[str, str]) -> None: ...
     def encode(
         self,
         pixels: npt.ArrayLike,  # (N, 3, S, S)
@@ -89,10 +106,10 @@ class Vit:
     ) -> npt.NDArray[np.float32]: ...
 
 class Text:
-    """A text Transformer (CLIP text tower or BERT) held by the C core; tensors in text.h's
-    canonical order. Sequences are packed: sequence s is ids[offsets[s]:offsets[s + 1]]."""
+    """A text Transformer (CLIP text tower or BERT) held by the C core, its weights bound by
+    name as for Vit. Sequences are packed: sequence s is ids[offsets[s]:offsets[s + 1]]."""
 
-    def __init__(self, config: dict[str, Any], tensors: list[npt.ArrayLike]) -> None: ...
+    def __init__(self, config: dict[str, Any], files: Sequence[SafetensorsReader], aliases: dict[str, str]) -> None: ...
     def encode(
         self,
         ids: npt.ArrayLike,  # (R,) integer token ids, the sequences back to back

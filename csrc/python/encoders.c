@@ -230,7 +230,7 @@ static PyMethodDef vit_methods[] = {
 };
 
 static PyType_Slot vit_slots[] = {
-    {Py_tp_doc, "Vit(config, tensors): a Vision Transformer image tower held by the C core."},
+    {Py_tp_doc, "Vit(config, files, aliases): a Vision Transformer image tower held by the C core, its weights bound by name."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, vit_init_py},
     {Py_tp_dealloc, vit_dealloc},
@@ -400,7 +400,7 @@ static PyMethodDef text_methods[] = {
 };
 
 static PyType_Slot text_slots[] = {
-    {Py_tp_doc, "Text(config, tensors): a text Transformer (CLIP text tower or BERT) held by the C core."},
+    {Py_tp_doc, "Text(config, files, aliases): a text Transformer (CLIP text tower or BERT) held by the C core."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, text_init_py},
     {Py_tp_dealloc, text_dealloc},
