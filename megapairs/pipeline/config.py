@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._args import PRECISIONS
 from ..errors import ConfigError
 from ..training.schedule import SCHEDULES
 
@@ -56,7 +57,6 @@ TRAIN_MODELS = ("adapter", "clip")
 #: train.lr = 0 means this rate: the adapter's maps move far from the identity in a few hundred
 #: steps; a CLIP fine-tune uses the paper's 5e-6.
 DEFAULT_LR = {"adapter": 1e-3, "clip": 5e-6}
-PRECISIONS = ("fp32", "bf16")
 POOLINGS = ("cls", "cls+mean", "mean")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
