@@ -14,7 +14,8 @@
  * for MP_PRECISION_BF16). M is a run-time dimension: one primitive serves every row count.
  * `b` and `bias` are the caller's and must outlive the gemm. The layer semantics (which
  * input type, rounding f32 activations) live in nn/linear.c; this is oneDNN's half. A gemm
- * must not be run by two threads at once. */
+ * must not be run by two threads at once. It runs on the calling thread's OpenMP thread
+ * count, whatever the count was when it was planned. */
 enum mp_activation_op { MP_OP_NONE = 0, MP_OP_GELU, MP_OP_QUICK_GELU };
 
 struct mp_gemm_desc {
@@ -36,5 +37,9 @@ enum mp_status mp_gemm_run(struct mp_gemm *gemm,
                            const void     *in,  // (M, K) of the precision's type
                            int64_t         M);
 void mp_gemm_free(struct mp_gemm *gemm);
+
+// The OpenMP thread count the gemm's primitive was last planned for (0 before it is, or after
+// a failed plan). mp_gemm_run plans again whenever the calling thread's count differs.
+int mp_gemm_threads(const struct mp_gemm *gemm);
 
 #endif

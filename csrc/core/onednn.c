@@ -4,6 +4,7 @@
 #include "core/gemm.h"
 #include "core/onednn.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <threads.h>
@@ -201,7 +202,10 @@ struct mp_gemm {
     void *scratch;
     dnnl_memory_t scratch_mem;
     dnnl_stream_t stream; // the gemm's own stream (a gemm is used by one thread at a time)
+    int threads;          // the OpenMP thread count prim was created for; 0: plan again
 };
+
+int mp_gemm_threads(const struct mp_gemm *g) { return g ? g->threads : 0; }
 
 void mp_gemm_free(struct mp_gemm *g) {
     if (!g) return;
@@ -216,7 +220,10 @@ void mp_gemm_free(struct mp_gemm *g) {
     free(g);
 }
 
-// Plans the primitive and packs B into the layout it asks for.
+/* Plans the primitive for the calling thread's OpenMP thread count and packs B into the
+ * layout it asks for. oneDNN fixes a primitive's thread count when it creates it, so a gemm
+ * planned at 1 thread would stay on 1 thread: mp_gemm_run plans again when the count has
+ * changed, and B is packed again only if the new primitive wants another layout. */
 static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
     const struct mp_gemm_desc *d = &g->d;
     dnnl_data_type_t in_type = d->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
@@ -230,6 +237,10 @@ static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
     dnnl_stream_t stream = NULL;
     dnnl_status_t s;
     *what = "matmul planning";
+    g->threads = 0;
+    dnnl_primitive_destroy(g->prim), g->prim = NULL;
+    dnnl_memory_destroy(g->scratch_mem), g->scratch_mem = NULL;
+    free(g->scratch), g->scratch = NULL;
     dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, d->K}, wei_dims = {d->K, d->N};
     dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, d->N}, bias_dims = {1, d->N};
     dnnl_dims_t user_strides = {1, d->K}; // B (N, K) row-major seen as (K, N)
@@ -240,7 +251,9 @@ static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
     if ((s = dnnl_memory_desc_create_with_tag(&dst_md, 2, dst_dims, dst_type, dnnl_ab)) != dnnl_success) goto done;
     if (d->bias && (s = dnnl_memory_desc_create_with_tag(&bias_md, 2, bias_dims, dnnl_f32, dnnl_ab)) != dnnl_success)
         goto done;
-    if (d->bias && (s = dnnl_memory_create(&g->bias_mem, bias_md, engine, (void *)d->bias)) != dnnl_success) goto done;
+    if (d->bias && !g->bias_mem &&
+        (s = dnnl_memory_create(&g->bias_mem, bias_md, engine, (void *)d->bias)) != dnnl_success)
+        goto done;
     if ((s = dnnl_primitive_attr_create(&attr)) != dnnl_success) goto done;
     if ((s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user)) != dnnl_success) goto done;
     if ((s = dnnl_post_ops_create(&ops)) != dnnl_success) goto done;
@@ -258,13 +271,18 @@ static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
     const_dnnl_memory_desc_t want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const_dnnl_memory_desc_t scratch_md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
-    if ((s = dnnl_stream_create(&g->stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
+    if (!g->stream && (s = dnnl_stream_create(&g->stream, engine, dnnl_stream_default_flags)) != dnnl_success)
+        goto done;
     if (scratch_bytes > 0 && !(g->scratch = aligned_alloc(64, (scratch_bytes + 63) / 64 * 64))) {
         s = dnnl_out_of_memory;
         goto done;
     }
     if ((s = dnnl_memory_create(&g->scratch_mem, scratch_md, engine, g->scratch)) != dnnl_success) goto done;
     *what = "weight packing";
+    if (g->packed_md && dnnl_memory_desc_equal(g->packed_md, want)) goto planned; // B is packed already
+    dnnl_memory_destroy(g->packed), g->packed = NULL;
+    dnnl_memory_desc_destroy(g->packed_md), g->packed_md = NULL;
+    free(g->packed_buf), g->packed_buf = NULL;
     if ((s = dnnl_memory_desc_clone(&g->packed_md, want)) != dnnl_success) goto done;
     size_t bytes = dnnl_memory_desc_get_size(want);
     if (!(g->packed_buf = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
@@ -281,7 +299,9 @@ static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
     if ((s = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) != dnnl_success) goto done;
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, g->packed}};
     if ((s = dnnl_primitive_execute(reorder, stream, 2, args)) != dnnl_success) goto done;
-    s = dnnl_stream_wait(stream);
+    if ((s = dnnl_stream_wait(stream)) != dnnl_success) goto done;
+planned:
+    g->threads = omp_get_max_threads();
 done:
     dnnl_stream_destroy(stream);
     dnnl_primitive_destroy(reorder);
@@ -326,6 +346,11 @@ enum mp_status mp_gemm_init(struct mp_gemm **out, const struct mp_gemm_desc *des
 enum mp_status mp_gemm_run(struct mp_gemm *g, void *out, const void *in, int64_t M) {
     if (!g || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_run: bad arguments");
     if (M == 0) return MP_STATUS_OK;
+    if (g->threads != omp_get_max_threads()) {
+        const char *what;
+        dnnl_status_t planned = gemm_plan(g, &what);
+        if (planned != dnnl_success) return dnnl_result(planned, what);
+    }
     dnnl_data_type_t src_type = g->d.precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_data_type_t dst_type = g->d.out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_memory_desc_t src_md = NULL, dst_md = NULL;

@@ -78,3 +78,5 @@ enum mp_status mp_linear_forward_typed(struct mp_linear *l, void *out, enum mp_d
     }
     return mp_gemm_run(l->gemm, out, src, M);
 }
+
+int mp_linear_threads(const struct mp_linear *l) { return l ? mp_gemm_threads(l->gemm) : 0; }

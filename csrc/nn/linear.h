@@ -57,4 +57,8 @@ enum mp_status mp_linear_forward_typed(struct mp_linear *linear,
 
 void mp_linear_free(struct mp_linear *linear);
 
+// The OpenMP thread count the layer last ran with (0 before its first call): each call runs
+// on the calling thread's count, whatever it was at the first call.
+int mp_linear_threads(const struct mp_linear *linear);
+
 #endif

@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "megapairs.h"
+#include "core/parallel.h"
 #include "nn/layers.h"
 #include "nn/linear.h"
 
@@ -261,8 +262,39 @@ static void test_attention_varlen(void) {
         }
 }
 
+/* A layer first used at 1 thread must use every thread asked for later: oneDNN fixes a
+ * primitive's thread count when it creates it, so the gemm plans again when the count
+ * changes (timing-free: the count the primitive was created for is recorded). The results
+ * must not depend on the count. */
+static void test_linear_threads(void) {
+    enum { N = 96, K = 64, M = 40 };
+    unsigned seed = 21;
+    float *w = random_floats(N * K, &seed, 0.3f), *x = random_floats(M * K, &seed, 1.0f);
+    float *first = malloc(M * N * sizeof *first), *later = malloc(M * N * sizeof *later);
+    for (int prec = 0; prec < 2; prec++) {
+        struct mp_linear *lin = NULL;
+        if (!CHECK(mp_linear_init(&lin, w, NULL, N, K, (enum mp_precision)prec, MP_OP_NONE, 0) == MP_STATUS_OK,
+                   "linear_init: %s", mp_last_error()))
+            continue;
+        CHECK(mp_linear_threads(lin) == 0, "not planned before its first call");
+        const int counts[] = {1, 2, 1, 3};
+        for (int c = 0; c < 4; c++) {
+            struct mp_thread_scope scope = mp_thread_scope_begin(counts[c]);
+            enum mp_status s = mp_linear_forward(lin, c ? later : first, x, M);
+            mp_thread_scope_end(scope);
+            CHECK(s == MP_STATUS_OK, "forward at %d threads: %s", counts[c], mp_last_error());
+            CHECK(mp_linear_threads(lin) == counts[c], "%s layer at %d threads ran with %d", prec ? "bf16" : "fp32",
+                  counts[c], mp_linear_threads(lin));
+            if (c) check_close(later, first, M * N, 1e-5f, "same result at another thread count");
+        }
+        mp_linear_free(lin);
+    }
+    free(w), free(x), free(first), free(later);
+}
+
 int main(void) {
     test_linear();
+    test_linear_threads();
     test_layernorm();
     test_activations();
     test_attention();
