@@ -64,8 +64,9 @@ def knn_search(
     exclude_self: bool = False,
     precision: str = "bf16",
     exact: bool = True,
+    float64: bool = False,  # scores as ranked, before rounding to float32
     num_threads: int = 0,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], int]: ...  # scores (Q, k), indices (Q, k), rows rescored
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64], int]: ...  # scores (Q, k), indices (Q, k), rows rescored
 def infonce(
     q: npt.NDArray[np.float32],  # (B, E)
     c: npt.NDArray[np.float32],  # (N, E)

@@ -5,6 +5,14 @@
 >>> scores, ids = mp.knn.search(emb, emb, k=50, exclude_self=True)           # a self-join
 >>> scores, ids = mp.knn.band(emb, emb, 0.8, 0.96, k=20, exclude_self=True)  # MegaPairs' band
 
+A corpus too big for one machine is searched shard by shard and the results merged; the
+merge is exact (equal to one search over the whole corpus) when the shards return their
+scores as ranked, before rounding (``float64=True``):
+
+>>> parts = [mp.knn.search(q, shard, k, float64=True) for shard in shards]    # doctest: +SKIP
+>>> parts = [(s, i + start) for (s, i), start in zip(parts, starts)]         # global rows
+>>> scores, ids = mp.knn.merge(parts, k)                                      # doctest: +SKIP
+
 Results are exact: equal to a float64 brute force over the float32 inputs, ranked by
 descending score with ties broken by the lower corpus index. Rows with fewer than k
 neighbours are padded with score -inf and index -1.
@@ -21,7 +29,7 @@ import numpy as np
 
 from . import _args, _core
 
-__all__ = ["search", "band"]
+__all__ = ["search", "band", "merge"]
 
 
 def _check(queries, corpus, k, what="search"):
@@ -41,12 +49,14 @@ def _check(queries, corpus, k, what="search"):
     return q, c
 
 
-def _run(q, c, k, lo, hi, exclude_self, precision, exact, num_threads, what):
+def _run(q, c, k, lo, hi, exclude_self, precision, exact, float64, num_threads, what):
     precision = _args.precision(precision)
     if exclude_self and len(q) > len(c):
         raise ValueError(f"{what}: exclude_self needs the queries to be (a prefix of) the corpus")
+    if float64 and not exact:
+        raise ValueError(f"{what}: float64 scores need exact=True (they are the double-precision rescores)")
     scores, indices, _ = _core.knn_search(q, c, int(k), float(lo), float(hi), exclude_self=bool(exclude_self),
-                                          precision=precision, exact=bool(exact),
+                                          precision=precision, exact=bool(exact), float64=bool(float64),
                                           num_threads=_args.threads(num_threads))
     return scores, indices
 
@@ -61,7 +71,7 @@ def _finite(a, name, what, rows=65536):
 
 
 def search(queries, corpus, k: int, exclude_self: bool = False, precision: str = "bf16", exact: bool = True,
-           num_threads: int | None = None):
+           num_threads: int | None = None, float64: bool = False):
     """The k corpus rows with the largest inner product with each query.
 
     Parameters
@@ -80,18 +90,22 @@ def search(queries, corpus, k: int, exclude_self: bool = False, precision: str =
     exact : bool
         False skips the double-precision rescoring and returns the GEMM's ranking.
     num_threads : int, optional
+    float64 : bool
+        Return the scores in float64, exactly as they were ranked (the float32 scores are
+        these rounded). What :func:`merge` needs to combine shards' results exactly.
 
     Returns
     -------
-    scores : (Q, k) float32, descending; indices : (Q, k) int64 (ties: lower index first)
+    scores : (Q, k) float32 (float64 with ``float64``), descending; indices : (Q, k) int64
+    (ties: lower index first)
     """
     q, c = _check(queries, corpus, k)
     _finite(q, "queries", "search"), _finite(c, "corpus", "search")
-    return _run(q, c, k, -np.inf, np.inf, exclude_self, precision, exact, num_threads, "search")
+    return _run(q, c, k, -np.inf, np.inf, exclude_self, precision, exact, float64, num_threads, "search")
 
 
 def band(queries, corpus, lo: float, hi: float, k: int, exclude_self: bool = False, precision: str = "bf16",
-         exact: bool = True, num_threads: int | None = None):
+         exact: bool = True, num_threads: int | None = None, float64: bool = False):
     """Per query, the top-k corpus rows whose inner product s satisfies ``lo < s < hi``
     (both ends excluded: MegaPairs keeps (0.8, 0.96) to drop weak links and near-duplicates).
     Same returns as :func:`search`."""
@@ -99,4 +113,66 @@ def band(queries, corpus, lo: float, hi: float, k: int, exclude_self: bool = Fal
     if not (np.isfinite(lo) or lo == -np.inf) or not (np.isfinite(hi) or hi == np.inf) or not lo < hi:
         raise ValueError(f"band: need lo < hi, got lo={lo!r}, hi={hi!r}")
     _finite(q, "queries", "band"), _finite(c, "corpus", "band")
-    return _run(q, c, k, lo, hi, exclude_self, precision, exact, num_threads, "band")
+    return _run(q, c, k, lo, hi, exclude_self, precision, exact, float64, num_threads, "band")
+
+
+def merge(parts, k: int, exclude=None):
+    """Merge the results of several searches over disjoint parts of one corpus into the
+    results of one search over all of it.
+
+    Each part is ``(scores, indices)`` for the same Q queries, indices already global (a
+    shard's row plus the shard's first row) and -1 for padding, as :func:`search` or
+    :func:`band` returned them with ``float64=True``. Rows are ranked by descending score,
+    ties to the lower index, which is :func:`search`'s own order: since each part holds its
+    shard's best ``k`` in that order, the merge equals one search over the whole corpus,
+    indices and scores alike. (With float32 scores two candidates whose float64 scores
+    differ can round equal and be ordered by index instead: pass ``float64=True``.)
+
+    Parameters
+    ----------
+    parts : sequence of (scores (Q, k_i), indices (Q, k_i))
+    k : int
+        Neighbours to keep per query.
+    exclude : (Q,) int array, optional
+        A global index to drop per query (-1: none), e.g. the query's own row in a self-join
+        run shard by shard: search each shard for ``k + 1`` without ``exclude_self`` and
+        exclude the query's row here.
+
+    Returns
+    -------
+    scores : (Q, k) float32, descending; indices : (Q, k) int64, padded with -inf / -1.
+    """
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+        raise ValueError(f"merge: k must be a positive int, got {k!r}")
+    parts = list(parts)
+    if not parts:
+        raise ValueError("merge: no parts to merge")
+    scores, ids = [], []
+    for n, part in enumerate(parts):
+        if not isinstance(part, (tuple, list)) or len(part) != 2:
+            raise ValueError(f"merge: part {n} must be a (scores, indices) pair")
+        s, i = np.asarray(part[0]), np.asarray(part[1])
+        if s.ndim != 2 or s.shape != i.shape:
+            raise ValueError(f"merge: part {n} has scores of shape {s.shape} and indices of shape {i.shape}")
+        if s.dtype.kind != "f" or i.dtype.kind not in "iu":
+            raise ValueError(f"merge: part {n} needs float scores and integer indices, got {s.dtype}, {i.dtype}")
+        if s.shape[0] != np.shape(parts[0][0])[0]:
+            raise ValueError(f"merge: part {n} has {s.shape[0]} queries, part 0 has {np.shape(parts[0][0])[0]}")
+        scores.append(s.astype(np.float64, copy=False)), ids.append(i.astype(np.int64, copy=False))
+    S, I = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+    drop = I < 0
+    if exclude is not None:
+        ex = np.asarray(exclude, np.int64).reshape(-1)
+        if ex.shape[0] != S.shape[0]:
+            raise ValueError(f"merge: exclude has {ex.shape[0]} entries for {S.shape[0]} queries")
+        drop |= I == ex[:, None]
+    S = np.where(drop, -np.inf, S)
+    I = np.where(drop, np.iinfo(np.int64).max, I)
+    order = np.lexsort((I, -S), axis=1)[:, :k]  # score descending, then index ascending
+    S, I = np.take_along_axis(S, order, 1), np.take_along_axis(I, order, 1)
+    if S.shape[1] < k:  # fewer candidates than k in all: pad
+        pad = k - S.shape[1]
+        S = np.pad(S, ((0, 0), (0, pad)), constant_values=-np.inf)
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    I[~np.isfinite(S)] = -1
+    return S.astype(np.float32), I

@@ -143,3 +143,74 @@ def test_bad_input():
         mp.knn.search(x[0], x, 3)
     with pytest.raises(ValueError, match="precision"):
         mp.knn.search(x, x, 3, precision="fp16")
+
+
+@pytest.mark.parametrize("name", list(DATA))
+def test_float64_scores_are_the_ranked_doubles(name):
+    """float64=True returns the double-precision scores the ranking used: equal to a NumPy
+    float64 product (up to its own summation order), and rounding to the float32 scores."""
+    x = DATA[name][:800]
+    want_s, want_i = knn(x, x, 10, exclude_self=True)
+    s64, i64 = mp.knn.search(x, x, 10, exclude_self=True, float64=True)
+    s32, i32 = mp.knn.search(x, x, 10, exclude_self=True)
+    assert s64.dtype == np.float64
+    np.testing.assert_array_equal(i64, want_i)
+    np.testing.assert_array_equal(i64, i32)
+    np.testing.assert_allclose(s64, want_s, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(s64.astype(np.float32), s32)
+
+
+def _shards(n, cuts):
+    edges = [0, *cuts, n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@pytest.mark.parametrize("name", list(DATA))
+def test_merge_of_shards_equals_one_search(name):
+    """Searching row shards of a corpus and merging equals one search of the whole corpus,
+    indices and scores identical, also on massively tied data (duplicates, integer vectors)
+    and for a self-join (each shard asked for k + 1, the query's own row excluded)."""
+    x = DATA[name]
+    k = 12
+    q = x[:700]
+    shards = _shards(len(x), [1, 333, 334, 1200])  # uneven, one of a single row
+    want = mp.knn.search(q, x, k)
+    parts = [(s, np.where(i >= 0, i + a, -1)) for a, b in shards
+             for s, i in [mp.knn.search(q, x[a:b], k, float64=True)]]
+    got = mp.knn.merge(parts, k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+    want = mp.knn.search(q, x, k, exclude_self=True)
+    parts = [(s, np.where(i >= 0, i + a, -1)) for a, b in shards
+             for s, i in [mp.knn.search(q, x[a:b], k + 1, float64=True)]]
+    got = mp.knn.merge(parts, k, exclude=np.arange(len(q)))
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+    lo, hi = (0.0, 3.0) if name == "quantised" else (0.1, 0.6)
+    want = mp.knn.band(q, x, lo, hi, k, exclude_self=True)
+    parts = [(s, np.where(i >= 0, i + a, -1)) for a, b in shards
+             for s, i in [mp.knn.band(q, x[a:b], lo, hi, k + 1, float64=True)]]
+    got = mp.knn.merge(parts, k, exclude=np.arange(len(q)))
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_merge_pads_and_refuses_bad_parts():
+    s = np.array([[0.5, -np.inf]]), np.array([[3, -1]])
+    got_s, got_i = mp.knn.merge([s], 3)
+    np.testing.assert_array_equal(got_i, [[3, -1, -1]])
+    assert got_s[0, 0] == np.float32(0.5) and np.isneginf(got_s[0, 1:]).all()
+    with pytest.raises(ValueError, match="no parts"):
+        mp.knn.merge([], 3)
+    with pytest.raises(ValueError, match="part 1 has 2 queries, part 0 has 1"):
+        mp.knn.merge([s, (np.zeros((2, 2)), np.zeros((2, 2), np.int64))], 3)
+    with pytest.raises(ValueError, match="part 0 has scores of shape"):
+        mp.knn.merge([(np.zeros((1, 2)), np.zeros((1, 3), np.int64))], 3)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        mp.knn.merge([s], 0)
+    with pytest.raises(ValueError, match="exclude has 2 entries for 1 queries"):
+        mp.knn.merge([s], 2, exclude=[0, 1])
+    with pytest.raises(ValueError, match="float64 scores need exact=True"):
+        mp.knn.search(DATA["random"][:5], DATA["random"][:5], 2, exact=False, float64=True)

@@ -141,8 +141,8 @@ static int by_score(const void *pa, const void *pb) {
 
 // The query's final answer: rescored (exact) or GEMM scores, band, order, padding. Returns
 // how many candidates it scored.
-static int64_t finish_row(struct row_state *r, float *scores, int64_t *indices, const float *q, const float *corpus,
-                       int64_t d, int64_t k, double lo, double hi, int exact) {
+static int64_t finish_row(struct row_state *r, float *scores, double *scores64, int64_t *indices, const float *q,
+                          const float *corpus, int64_t d, int64_t k, double lo, double hi, int exact) {
     double threshold = r->n_lb == k ? r->lb[0] : -INFINITY;
     int64_t n = 0, scored = 0;
     for (int64_t i = 0; i < r->n_cand; i++) {
@@ -159,6 +159,7 @@ static int64_t finish_row(struct row_state *r, float *scores, int64_t *indices, 
     if (n > 1) qsort(r->cand, (size_t)n, sizeof *r->cand, by_score);
     for (int64_t i = 0; i < k; i++) {
         scores[i] = i < n ? (float)r->cand[i].ub : -INFINITY;
+        if (scores64) scores64[i] = i < n ? r->cand[i].ub : -INFINITY;
         indices[i] = i < n ? r->cand[i].j : -1;
     }
     return scored;
@@ -194,7 +195,8 @@ MP_CLONES static void vector_terms(const float *x, int64_t d, int bf16, double *
     *n_out = sqrt(n) * safety, *rho_out = sqrt(rho) * safety;
 }
 
-enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queries, int64_t Q, const float *corpus,
+enum mp_status mp_knn_search(float *scores, double *scores64, int64_t *indices, const float *queries, int64_t Q,
+                             const float *corpus,
                              int64_t M, int64_t d, int64_t k, double lo, double hi, int exclude_self,
                              enum mp_precision precision, int exact, struct mp_knn_stats *stats) {
     if (Q < 0 || M < 0 || d <= 0 || k <= 0 || (Q > 0 && (!scores || !indices || !queries)) || (M > 0 && !corpus))
@@ -268,8 +270,8 @@ enum mp_status mp_knn_search(float *scores, int64_t *indices, const float *queri
         for (int64_t i = 0; i < nq; i++) {
             failed |= rows[i].failed;
             if (rows[i].failed) continue;
-            candidates += finish_row(&rows[i], scores + (q0 + i) * k, indices + (q0 + i) * k, qb + i * d, corpus, d,
-                                     k, lo, hi, exact);
+            candidates += finish_row(&rows[i], scores + (q0 + i) * k, scores64 ? scores64 + (q0 + i) * k : NULL,
+                                     indices + (q0 + i) * k, qb + i * d, corpus, d, k, lo, hi, exact);
         }
         if (stats) stats->candidates += candidates;
         if (failed) {

@@ -1,7 +1,7 @@
 /* knn/knn.h: exact inner-product top-k, optionally within a score band.
  *
  *     float scores[Q * k]; int64_t ids[Q * k];
- *     mp_knn_search(scores, ids, queries, Q, corpus, M, d, k, -INFINITY, INFINITY,
+ *     mp_knn_search(scores, NULL, ids, queries, Q, corpus, M, d, k, -INFINITY, INFINITY,
  *                   0, MP_PRECISION_BF16, 1);   // the fp32/float64 answer, found with AMX
  *
  * The corpus is streamed in blocks against a block of queries at a time: a oneDNN GEMM
@@ -34,7 +34,8 @@ struct mp_knn_stats {
 // lo < s < hi (pass -INFINITY / INFINITY for none); with exclude_self, j == i is skipped (a
 // self-join). `exact` = 0 skips the rescoring: the order and scores are the GEMM's own (the
 // approximate answer of that precision). Inputs must be finite (the Python layer checks).
-enum mp_status mp_knn_search(float               *scores,  // (Q, k), descending
+enum mp_status mp_knn_search(float               *scores,   // (Q, k), descending
+                             double              *scores64, // (Q, k) or NULL: the scores before rounding
                              int64_t             *indices, // (Q, k), -1 for padding
                              const float         *queries, // (Q, d)
                              int64_t              Q,

@@ -214,19 +214,20 @@ done:
 /* ---------------------------------------------------------------- kNN */
 
 // knn_search(queries, corpus, k, lo=-inf, hi=inf, *, exclude_self=False, precision="bf16",
-//            exact=True, num_threads=0) -> (scores (Q, k) float32, indices (Q, k) int64, candidates)
+//            exact=True, float64=False, num_threads=0) -> (scores (Q, k) float32, or float64 with
+//            float64: the scores the ranking used, before rounding; indices (Q, k) int64; candidates)
 static PyObject *py_knn_search(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"queries", "corpus", "k", "lo", "hi", "exclude_self", "precision", "exact",
-                             "num_threads", NULL};
-    PyObject *q_obj, *c_obj, *result = NULL, *scores = NULL, *indices = NULL;
+                             "float64", "num_threads", NULL};
+    PyObject *q_obj, *c_obj, *result = NULL, *scores = NULL, *scores64 = NULL, *indices = NULL;
     long long k;
     double lo = -INFINITY, hi = INFINITY;
-    int exclude_self = 0, exact = 1, num_threads = 0;
+    int exclude_self = 0, exact = 1, float64 = 0, num_threads = 0;
     const char *precision_name = "bf16";
     PyArrayObject *q = NULL, *c = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOL|dd$pspi:knn_search", kwlist, &q_obj, &c_obj, &k, &lo, &hi,
-                                     &exclude_self, &precision_name, &exact, &num_threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOL|dd$psppi:knn_search", kwlist, &q_obj, &c_obj, &k, &lo, &hi,
+                                     &exclude_self, &precision_name, &exact, &float64, &num_threads))
         return NULL;
     if (check_threads(num_threads)) return NULL;
     enum mp_precision precision;
@@ -240,8 +241,10 @@ static PyObject *py_knn_search(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     }
     npy_intp dims[2] = {Q, (npy_intp)k};
-    if (!(scores = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0)) || !(indices = PyArray_EMPTY(2, dims, NPY_INT64, 0)))
+    if (!(scores = PyArray_EMPTY(2, dims, NPY_FLOAT32, 0)) || !(indices = PyArray_EMPTY(2, dims, NPY_INT64, 0)) ||
+        (float64 && !(scores64 = PyArray_EMPTY(2, dims, NPY_FLOAT64, 0))))
         goto done;
+    double *sd64 = scores64 ? PyArray_DATA((PyArrayObject *)scores64) : NULL;
     struct mp_knn_stats stats = {0};
     enum mp_status status;
     const float *qd = PyArray_DATA(q), *cd = PyArray_DATA(c);
@@ -249,18 +252,19 @@ static PyObject *py_knn_search(PyObject *self, PyObject *args, PyObject *kwargs)
     int64_t *id = PyArray_DATA((PyArrayObject *)indices);
     Py_BEGIN_ALLOW_THREADS
     struct mp_thread_scope scope = mp_thread_scope_begin(num_threads);
-    status = mp_knn_search(sd, id, qd, Q, cd, M, d, k, lo, hi, exclude_self, precision, exact, &stats);
+    status = mp_knn_search(sd, sd64, id, qd, Q, cd, M, d, k, lo, hi, exclude_self, precision, exact, &stats);
     mp_thread_scope_end(scope);
     Py_END_ALLOW_THREADS
     if (status != MP_STATUS_OK) {
         raise_status(status);
         goto done;
     }
-    result = Py_BuildValue("OOL", scores, indices, (long long)stats.candidates);
+    result = Py_BuildValue("OOL", scores64 ? scores64 : scores, indices, (long long)stats.candidates);
 done:
     Py_XDECREF(q);
     Py_XDECREF(c);
     Py_XDECREF(scores);
+    Py_XDECREF(scores64);
     Py_XDECREF(indices);
     return result;
 }

@@ -58,7 +58,7 @@ int main(void) {
         for (int p = 0; p < 2; p++) {
             enum mp_precision precision = p ? MP_PRECISION_BF16 : MP_PRECISION_FP32;
             struct mp_knn_stats stats;
-            enum mp_status s = mp_knn_search(got_s, got_i, queries, Q, corpus, M, d, k, lo, hi, exclude_self,
+            enum mp_status s = mp_knn_search(got_s, NULL, got_i, queries, Q, corpus, M, d, k, lo, hi, exclude_self,
                                              precision, 1, &stats);
             int64_t wrong = 0;
             double worst = 0;
@@ -70,17 +70,31 @@ int main(void) {
             CHECK(s == MP_STATUS_OK && wrong == 0 && worst <= 1e-6,
                   "case %zu (Q=%lld M=%lld d=%lld k=%lld) %s: status %d, %lld wrong, score error %g", c, (long long)Q,
                   (long long)M, (long long)d, (long long)k, p ? "bf16" : "fp32", (int)s, (long long)wrong, worst);
+            // the unrounded scores: the same answer, each rounding to its float score, in
+            // descending order (what a merge of results from corpus shards ranks by)
+            double *got64 = malloc((size_t)(Q * k) * sizeof *got64);
+            int64_t *again = malloc((size_t)(Q * k) * sizeof *again);
+            s = mp_knn_search(got_s, got64, again, queries, Q, corpus, M, d, k, lo, hi, exclude_self, precision, 1,
+                              NULL);
+            int64_t off = 0;
+            for (int64_t i = 0; i < Q * k; i++) {
+                off += again[i] != got_i[i] || (float)got64[i] != got_s[i];
+                off += i % k && got64[i] > got64[i - 1];
+            }
+            CHECK(s == MP_STATUS_OK && off == 0, "case %zu %s: scores64 disagree in %lld places", c,
+                  p ? "bf16" : "fp32", (long long)off);
+            free(got64), free(again);
         }
         if (queries != corpus) free(queries);
         free(corpus), free(want_s), free(got_s), free(want_i), free(got_i);
     }
     float x[4] = {1, 2, 3, 4}, s1[2];
     int64_t i1[2];
-    CHECK(mp_knn_search(s1, i1, x, 2, x, 2, 2, 0, -INFINITY, INFINITY, 0, MP_PRECISION_FP32, 1, NULL) ==
+    CHECK(mp_knn_search(s1, NULL, i1, x, 2, x, 2, 2, 0, -INFINITY, INFINITY, 0, MP_PRECISION_FP32, 1, NULL) ==
               MP_STATUS_INVALID_ARGUMENT, "k = 0 is refused");
-    CHECK(mp_knn_search(s1, i1, x, 2, x, 2, 2, 1, 1.0, 1.0, 0, MP_PRECISION_FP32, 1, NULL) ==
+    CHECK(mp_knn_search(s1, NULL, i1, x, 2, x, 2, 2, 1, 1.0, 1.0, 0, MP_PRECISION_FP32, 1, NULL) ==
               MP_STATUS_INVALID_ARGUMENT, "lo = hi is refused");
-    CHECK(mp_knn_search(s1, i1, x, 2, x, 0, 2, 1, -INFINITY, INFINITY, 0, MP_PRECISION_FP32, 1, NULL) == MP_STATUS_OK &&
+    CHECK(mp_knn_search(s1, NULL, i1, x, 2, x, 0, 2, 1, -INFINITY, INFINITY, 0, MP_PRECISION_FP32, 1, NULL) == MP_STATUS_OK &&
               i1[0] == -1 && i1[1] == -1, "an empty corpus pads");
     (void)check_close; // scores are checked above with the padding rule
     return check_summary("test_knn");
