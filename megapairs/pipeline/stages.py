@@ -154,8 +154,25 @@ def _open_partial(o: Output, name: str, fp: str, shape: tuple[int, int]) -> tupl
     return emb, 0, {}
 
 
-def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, fp: str,
-                  progress: bool | None) -> dict:
+@dataclasses.dataclass
+class _EncodePlan:
+    """What encoding one space over the manifest needs, shared by the local loop and the
+    Ray workers (so both cut the same batches and give the same bytes)."""
+
+    space: SpaceConfig
+    keys: list
+    captions: list
+    wanted: list  # row i is to be embedded
+    chunk: int  # rows per resumable step
+    forward: int  # inputs per forward pass
+    source: tuple  # (corpus kind, corpus root) of the manifest
+
+    @property
+    def is_text(self) -> bool:
+        return self.space.kind == "caption"
+
+
+def _encode_plan(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table) -> _EncodePlan:
     keys = table["key"].to_pylist()
     # rows an earlier encode marked failed were readable at ingest: they are tried again (and
     # fail again), so a space encoded after another gives the same result in any order
@@ -164,56 +181,50 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
     captions = table["caption"].to_pylist()
     is_text = space.kind == "caption"
     wanted = [ok[i] and (not is_text or bool(captions[i])) for i in range(len(keys))]
-    width, run = _load_model(space)
-    N = len(keys)
-    emb, start, failed = _open_partial(o, space.name, fp, (N, width))
     batch = cfg.space_batch_size(space)
-    chunk = max(batch, 256 if is_text else batch)  # rows per resumable step
-    load = None if is_text else image_source(*_manifest_corpus(o), [k for k, w in zip(keys, wanted) if w])
-    threads = _threads(cfg)
-    total = sum(wanted)
-    bar = None
-    if _progress(progress, total):
-        from tqdm.auto import tqdm
+    return _EncodePlan(space, keys, captions, wanted, chunk=max(batch, 256 if is_text else batch),
+                       forward=batch if is_text else min(batch, cfg.encode.forward_batch),
+                       source=_manifest_corpus(o))
 
-        bar = tqdm(total=total, initial=sum(wanted[:start]), desc=f"encode {space.name}",
-                   unit="text" if is_text else "img", dynamic_ncols=True)
-    try:
-        for lo in range(start, N, chunk):
-            rows = [i for i in range(lo, min(lo + chunk, N)) if wanted[i]]
-            step = len(rows)
-            if rows:
-                if is_text:
-                    items = [captions[i] for i in rows]
-                else:
-                    items, readable = [], []
-                    for i in rows:
-                        try:
-                            items.append(load(keys[i]))
-                            readable.append(i)
-                        except (OSError, KeyError, ValueError) as e:
-                            failed[i] = f"encode {space.name}: cannot read image: {e}"
-                    rows = readable
 
-                def on_error(j, exc, rows=rows):
-                    failed[rows[j]] = f"encode {space.name}: {exc}"
+def _encode_chunk(plan: _EncodePlan, run, load, threads, lo: int, failed: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Embeds the wanted rows of [lo, lo + plan.chunk): (manifest rows, their embeddings);
+    rows that fail go into ``failed`` with their error."""
+    name = plan.space.name
+    rows = [i for i in range(lo, min(lo + plan.chunk, len(plan.keys))) if plan.wanted[i]]
+    if not rows:
+        return np.empty(0, np.int64), None
+    if plan.is_text:
+        items = [plan.captions[i] for i in rows]
+    else:
+        items, readable = [], []
+        for i in rows:
+            try:
+                items.append(load(plan.keys[i]))
+                readable.append(i)
+            except (OSError, KeyError, ValueError) as e:
+                failed[i] = f"encode {name}: cannot read image: {e}"
+        rows = readable
+        if not rows:
+            return np.empty(0, np.int64), None
 
-                forward = batch if is_text else min(batch, cfg.encode.forward_batch)
-                out, kept = run(items, forward, threads, on_error) if rows else (np.empty((0, width)), [])
-                if len(kept):
-                    emb[np.asarray(rows)[np.asarray(kept)]] = out
-            emb.flush()
-            atomic_write_json(o.embedding_progress(space.name),
-                              {"fingerprint": fp, "shape": [N, width], "rows_done": min(lo + chunk, N),
-                               "failed": {str(k): v for k, v in failed.items()}})
-            if bar is not None:
-                bar.update(step)
-                if failed:
-                    bar.set_postfix(failed=len(failed))
-    finally:
-        if bar is not None:
-            bar.close()
-    del emb
+    def on_error(j, exc):
+        failed[rows[j]] = f"encode {name}: {exc}"
+
+    out, kept = run(items, plan.forward, threads, on_error)
+    return np.asarray(rows, np.int64)[np.asarray(kept, np.int64)], out
+
+
+def _image_loader(plan: _EncodePlan):
+    if plan.is_text:
+        return None
+    return image_source(*plan.source, [k for k, w in zip(plan.keys, plan.wanted) if w])
+
+
+def _finish_space(o: Output, plan: _EncodePlan, width: int, failed: dict) -> dict:
+    """The partial file becomes embeddings/<space>.npy with its .json; the manifest records
+    the images that failed."""
+    space, N, total = plan.space, len(plan.keys), sum(plan.wanted)
     embedded = total - len(failed)
     if total and embedded == 0:
         raise StageFailed(f"encode {space.name}: every one of the {total} inputs failed; "
@@ -225,10 +236,46 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
     with disk_errors(str(o.embedding(space.name))):
         os.replace(o.embedding_partial(space.name), o.embedding(space.name))
     atomic_write_json(o.embedding_info(space.name), info)
-    if not is_text:
+    if not plan.is_text:
         _set_manifest_errors(o, failed)
-    o.embedding_progress(space.name).unlink()
+    with contextlib.suppress(FileNotFoundError):
+        o.embedding_progress(space.name).unlink()
     return {"embedded": embedded, "failed": len(failed), "missing": N - total, "dims": width}
+
+
+def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, fp: str,
+                  progress: bool | None) -> dict:
+    plan = _encode_plan(o, cfg, space, table)
+    width, run = _load_model(space)
+    N = len(plan.keys)
+    emb, start, failed = _open_partial(o, space.name, fp, (N, width))
+    load = _image_loader(plan)
+    threads = _threads(cfg)
+    total = sum(plan.wanted)
+    bar = None
+    if _progress(progress, total):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=sum(plan.wanted[:start]), desc=f"encode {space.name}",
+                   unit="text" if plan.is_text else "img", dynamic_ncols=True)
+    try:
+        for lo in range(start, N, plan.chunk):
+            rows, out = _encode_chunk(plan, run, load, threads, lo, failed)
+            if len(rows):
+                emb[rows] = out
+            emb.flush()
+            atomic_write_json(o.embedding_progress(space.name),
+                              {"fingerprint": fp, "shape": [N, width], "rows_done": min(lo + plan.chunk, N),
+                               "failed": {str(k): v for k, v in failed.items()}})
+            if bar is not None:
+                bar.update(sum(plan.wanted[lo:lo + plan.chunk]))
+                if failed:
+                    bar.set_postfix(failed=len(failed))
+    finally:
+        if bar is not None:
+            bar.close()
+    del emb
+    return _finish_space(o, plan, width, failed)
 
 
 def encode(out, config=None, *, spaces: Sequence[str] | None = None, progress: bool | None = None,
