@@ -27,6 +27,7 @@ __all__ = [
     "SentenceEncoder",
     "__version__",
     "annotate",
+    "cluster",
     "dataset",
     "errors",
     "evaluation",
@@ -48,8 +49,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The pipeline, the CLI over it and the pictures load on first use: `import megapairs` stays fast.
-    if name in ("pipeline", "cli", "viz", "report"):
+    # The pipeline, the CLI over it, the pictures and the Ray layer load on first use: `import megapairs` stays fast.
+    if name in ("pipeline", "cli", "viz", "report", "cluster"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

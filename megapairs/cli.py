@@ -40,7 +40,7 @@ def _fail_cleanly(fn):
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.Exit:
             raise
-        except (ValueError, TypeError, OSError, RuntimeError, Error) as e:
+        except (ValueError, TypeError, OSError, RuntimeError, ImportError, Error) as e:
             if verbose:
                 raise
             message = str(e) or type(e).__name__
@@ -152,9 +152,13 @@ def init(out: Path, images: Path | None, force: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[IMAGES] OUT")
 @click.option("--until", type=click.Choice(["ingest", "caption", "encode", "mine", "annotate", "export"]),
               default="export", show_default=True, help="Stop after this stage.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Encode and mine on a Ray cluster: ADDRESS is 'auto' (the cluster this machine is in), "
+                   "host:6379 or ray://host:10001; none starts a local one. Sets ray.address; "
+                   "needs pip install 'megapairs[ray]'.")
 @_config_options
 @_fail_cleanly
-def build(paths: tuple[Path, ...], until: str, config, overrides, no_progress: bool) -> None:
+def build(paths: tuple[Path, ...], until: str, ray_address: str | None, config, overrides, no_progress: bool) -> None:
     """Run every stage: IMAGES (a folder, a folder of .tar shards, or a .csv/.parquet
     listing) to a MegaPairs dataset in OUT.
 
@@ -169,14 +173,23 @@ def build(paths: tuple[Path, ...], until: str, config, overrides, no_progress: b
       megapairs build listing.csv out/ --set corpus.captions=column
       megapairs build photos/ out/ -c my.toml --set mining.targets_per_query=5
       megapairs build out/                      # corpus from out/megapairs.toml
+      megapairs build photos/ out/ --ray        # on a local Ray cluster
+      megapairs build photos/ out/ --ray auto --set ray.workers=32
     """
     from .pipeline import build as run
 
     if len(paths) > 2:
         raise click.UsageError("expected [IMAGES] OUT")
     images, out = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
-    run(images, out, config, overrides=list(overrides), progress=False if no_progress else None,
-        until=until, on_stage=_report)
+    overrides = list(overrides)
+    if ray_address is not None:
+        from .cluster import require_ray
+
+        require_ray()  # before any work: says how to install it
+        if ray_address:
+            overrides.append(f"ray.address={json.dumps(ray_address)}")
+    run(images, out, config, overrides=overrides, progress=False if no_progress else None,
+        until=until, on_stage=_report, executor="local" if ray_address is None else "ray")
     if until == "export":
         click.echo(f"  dataset: {Path(out) / 'dataset'}")
         _write_report(out)

@@ -826,3 +826,70 @@ def test_transformers_backend_runs_a_tiny_random_model(tmp_path):
     assert again == out  # greedy: the same answer, from the cached model
     with pytest.raises(A.BackendError, match="local generation failed"):
         backend.chat([{"role": "user", "content": "x"}], model=str(tmp_path / "missing"), max_tokens=2)
+
+
+# --------------------------------------------------------------------------- several servers
+
+
+@pytest.fixture
+def second_server():
+    models = FakeModels()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(models))
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    models.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        yield models
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def pool_for(*urls, concurrency=2):
+    return A.ServerPool(urls, concurrency=concurrency, api_key="test-key", timeout=1.0, max_attempts=2,
+                        backoff_base=0.01, backoff_max=0.05)
+
+
+def test_server_pool_spreads_requests_and_equals_one_server(server, second_server, corpus, tmp_path):
+    root, keys = corpus
+    pairs = make_pairs(keys, 20)
+    one = run(server, pairs, root, tmp_path / "one.jsonl")
+    server.requests.clear()
+    pool = pool_for(server.url, second_server.url)
+    spread = run(server, pairs, root, tmp_path / "pool.jsonl", backend=pool, concurrency=4)
+    assert spread.records == one.records and spread.stats["failed"] == 0
+    first, second = Counter(r["stage"] for r in server.requests), Counter(r["stage"] for r in second_server.requests)
+    assert first["mllm"] + second["mllm"] == 20 and first["llm"] + second["llm"] == 20  # each asked once
+    assert min(pool.stats()["served"]) > 0  # both servers did work
+
+
+def test_server_pool_skips_a_dead_server_and_resumes(server, corpus, tmp_path):
+    root, keys = corpus
+    pairs = make_pairs(keys, 12)
+    full = run(server, pairs, root, tmp_path / "full.jsonl")
+    dead = "http://127.0.0.1:9/v1"  # the discard port: connection refused
+    seen = []
+
+    def stop_after_5(entry):
+        seen.append(entry)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    journal = tmp_path / "j.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run(server, pairs, root, journal, backend=pool_for(dead, server.url), concurrency=4, on_record=stop_after_5)
+    pool = pool_for(dead, server.url)
+    resumed = run(server, pairs, root, journal, backend=pool, concurrency=4)
+    assert resumed.records == full.records and resumed.stats["failed"] == 0
+    assert pool.stats()["served"][0] == 0 and pool.stats()["connection_errors"] > 0
+    keys_written = [(e["q_img"], e["t_img"]) for e in journal_entries(journal)[1:]]
+    assert len(keys_written) == len(set(keys_written)) == 12  # each pair journaled exactly once
+
+
+def test_server_pool_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="at least one base URL"):
+        A.ServerPool([])
+    with pytest.raises(ValueError, match="concurrency must be a positive int"):
+        A.ServerPool(["http://127.0.0.1:9/v1"], concurrency=0)
+    with pytest.raises(ValueError, match="base_url must be an http"):
+        A.ServerPool(["ftp://x"])

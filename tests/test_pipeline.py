@@ -25,58 +25,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from reference import minilm_dir
 
 import megapairs as mp
 from megapairs.pipeline import Output
-from reference import minilm_dir
-
-STAMPS = Path("/usr/share/tuxpaint/stamps")
-CATEGORIES = ("animals/birds", "animals/mammals", "food/fruit", "plants/flowers")
-PER_CATEGORY = 12
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """48 stamps in 4 category folders, each with its .txt caption, one truncated PNG whose
-    header still reads (fails at decode) and one text file named .png (fails at ingest)."""
-    if not STAMPS.is_dir():
-        pytest.fail(f"{STAMPS} is missing: install the Debian package tuxpaint-stamps-default (make system-deps)")
-    root = tmp_path_factory.mktemp("corpus")
-    for cat in CATEGORIES:
-        pngs = sorted((STAMPS / cat).glob("*.png"))[:PER_CATEGORY]
-        assert len(pngs) == PER_CATEGORY, cat
-        dest = root / cat
-        dest.mkdir(parents=True)
-        for p in pngs:
-            shutil.copy(p, dest / p.name)
-            if p.with_suffix(".txt").is_file():
-                shutil.copy(p.with_suffix(".txt"), dest / p.with_suffix(".txt").name)
-    first = sorted((root / "food/fruit").glob("*.png"))[0]
-    (root / "damaged").mkdir()
-    (root / "damaged" / "truncated.png").write_bytes(first.read_bytes()[:300])
-    (root / "damaged" / "truncated.txt").write_text("A cut-off picture of food.\n")
-    (root / "damaged" / "notes.png").write_text("this is not an image\n")
-    (root / "damaged" / "notes.txt").write_text("A note about food.\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config,
-                              Dinov2Model)
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-        patch_size=8, projection_dim=16)).eval().save_pretrained(root / "clip", safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
-    torch.manual_seed(1)
-    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                             image_size=28, patch_size=7)).eval().save_pretrained(root / "dino",
-                                                                                  safe_serialization=True)
-    return {"clip": root / "clip", "dino": root / "dino"}
 
 
 def write_config(path: Path, corpus: Path, models: dict[str, Path] | None = None, **sections) -> Path:
@@ -248,8 +200,9 @@ def test_export_readable_by_datasets_and_shards_hold_the_images(clean_run, corpu
     store = mp.dataset.ShardReader(sorted(o.shards.glob("*.tar")))
     keys = mp.dataset.image_keys(records)
     assert len(store) == len(keys)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     for key in keys[:5]:
         with Image.open(io.BytesIO(store[key])) as a, Image.open(corpus / key) as b:

@@ -17,7 +17,7 @@ Neither torch nor transformers is imported unless :class:`TransformersBackend` r
 """
 
 from . import backends, journal, parsing, prompts
-from .backends import BackendError, Completion, OpenAIBackend, TransformersBackend
+from .backends import BackendError, Completion, OpenAIBackend, ServerPool, TransformersBackend
 from .journal import Journal, JournalState, read_journal
 from .parsing import OutputError, check_description, parse_instructions, validate_instructions
 from .pipeline import AnnotationResult, annotate, records_from_journal
@@ -31,6 +31,7 @@ __all__ = [
     "Journal",
     "JournalState",
     "OpenAIBackend",
+    "ServerPool",
     "OutputError",
     "PromptSet",
     "TransformersBackend",

@@ -43,7 +43,7 @@ from ..errors import BackendError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["BackendError", "Completion", "OpenAIBackend", "TransformersBackend", "to_hf_messages"]
+__all__ = ["BackendError", "Completion", "OpenAIBackend", "ServerPool", "TransformersBackend", "to_hf_messages"]
 
 DEFAULT_API_BASE = "http://localhost:8000/v1"
 ENV_API_BASE = ("MEGAPAIRS_API_BASE", "OPENAI_BASE_URL", "OPENAI_API_BASE")
@@ -283,6 +283,104 @@ class OpenAIBackend:
                 time.sleep(delay)
         self._count("failed")
         raise BackendError(f"{reason} (gave up after {self.max_attempts} attempts)", status)
+
+
+class ServerPool:
+    """Several OpenAI-compatible servers serving the same models, used as one backend: the
+    way to spread annotation over many GPUs (one vLLM process per GPU or node).
+
+    Each request goes to the server with the fewest requests in flight (ties: the first in
+    the list), at most ``concurrency`` per server; a caller waits while every server is full.
+    A request that fails for good on one server (its retries spent, or a connection that
+    cannot be made) is tried once on each other server before :class:`BackendError` is
+    raised; a fatal status (401, 403, 404) is raised at once. The annotation journal is
+    written by the caller alone, so a killed run resumes exactly as with one server.
+
+    Parameters
+    ----------
+    base_urls : sequence of str
+        The servers, e.g. ``["http://gpu0:8000/v1", "http://gpu1:8000/v1"]``.
+    concurrency : int
+        Requests in flight per server. Give :func:`~megapairs.annotate.annotate` a
+        concurrency of ``len(base_urls) * concurrency`` to keep them all busy.
+    **kwargs
+        Passed to each :class:`OpenAIBackend` (``api_key``, ``timeout``, ``max_attempts``, ...).
+    """
+
+    def __init__(self, base_urls: Sequence[str], *, concurrency: int = 8, **kwargs):
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ValueError("ServerPool needs at least one base URL")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        kwargs.setdefault("max_connections", max(8, concurrency))
+        self.backends = []
+        try:
+            for url in urls:
+                self.backends.append(OpenAIBackend(url, **kwargs))
+        except BaseException:
+            self.close()
+            raise
+        self.concurrency = concurrency
+        self._busy = [0] * len(self.backends)
+        self._served = [0] * len(self.backends)
+        self._free = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"ServerPool({[b.base_url for b in self.backends]!r}, concurrency={self.concurrency})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every server's connection pool."""
+        for backend in self.backends:
+            backend.close()
+
+    def stats(self) -> dict:
+        """The servers' counts summed (as :meth:`OpenAIBackend.stats`), and ``served``: the
+        requests each server answered, in list order."""
+        total: Counter = Counter()
+        for backend in self.backends:
+            total.update(backend.stats())
+        with self._free:
+            return {**total, "served": list(self._served)}
+
+    def _take(self, skip: set[int]) -> int:
+        with self._free:
+            while True:
+                open_ = [i for i in range(len(self.backends)) if i not in skip and self._busy[i] < self.concurrency]
+                if open_:
+                    i = min(open_, key=lambda j: self._busy[j])
+                    self._busy[i] += 1
+                    return i
+                self._free.wait()
+
+    def _give(self, i: int, served: bool) -> None:
+        with self._free:
+            self._busy[i] -= 1
+            self._served[i] += served
+            self._free.notify()
+
+    def chat(self, messages: list[dict], **kwargs) -> Completion:
+        """One chat completion on the least busy server (see the class docstring)."""
+        tried: set[int] = set()
+        while True:
+            i = self._take(tried)
+            try:
+                result = self.backends[i].chat(messages, **kwargs)
+            except BackendError as e:
+                self._give(i, False)
+                tried.add(i)
+                stop = kwargs.get("stop")
+                if e.fatal or len(tried) == len(self.backends) or (stop is not None and stop.is_set()):
+                    raise
+                continue
+            self._give(i, True)
+            return result
 
 
 def _completion(content: bytes) -> Completion:

@@ -29,7 +29,8 @@ from .layout import Output, digest, disk_errors
 
 def _annotate_settings(cfg: Config) -> dict:
     a = dataclasses.asdict(cfg.annotate)
-    a.pop("concurrency")
+    a.pop("concurrency")  # how fast, not what: changing them keeps the journal
+    a.pop("servers")
     return a
 
 
@@ -77,16 +78,20 @@ def annotate(out, config=None, *, progress: bool | None = None, fingerprints: di
         else:
             own = backend is None
             llm_backend = None
-            if own:
+            concurrency = a.concurrency
+            if own and a.servers:
+                backend = ann.ServerPool(a.servers, concurrency=a.concurrency)
+                concurrency = a.concurrency * len(a.servers)
+            elif own:
                 backend = ann.OpenAIBackend(a.api_base or None, max_connections=max(8, a.concurrency))
-                if a.llm_api_base:
-                    llm_backend = ann.OpenAIBackend(a.llm_api_base, max_connections=max(8, a.concurrency))
+            if own and a.llm_api_base:
+                llm_backend = ann.OpenAIBackend(a.llm_api_base, max_connections=max(8, a.concurrency))
             try:
                 kind, root = _manifest_corpus(o)
                 result = ann.annotate(records, image_source(kind, root, keys), backend=backend,
                                       llm_backend=llm_backend, mllm_model=a.mllm_model or None,
                                       llm_model=a.llm_model or None, journal=o.annotations,
-                                      concurrency=a.concurrency, seed=a.seed, prompt_version=a.prompt_version,
+                                      concurrency=concurrency, seed=a.seed, prompt_version=a.prompt_version,
                                       max_image_side=a.max_image_side, progress=progress)
             finally:
                 if own:

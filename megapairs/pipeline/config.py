@@ -112,6 +112,7 @@ class AnnotateConfig:
     annotator: str = "template"
     api_base: str = ""
     llm_api_base: str = ""
+    servers: list[str] = field(default_factory=list)  # several servers of the same models (overrides api_base)
     mllm_model: str = ""
     llm_model: str = ""
     concurrency: int = 8
@@ -125,6 +126,18 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
     shard_max_count: int = 10_000
     resize: int = 0  # 0: images copied as they are; 512 gives the released MegaPairs size
+
+
+@dataclass
+class RayConfig:
+    """Used with ``megapairs build --ray`` (executor="ray"); never changes a result."""
+
+    address: str = ""  # "": a local cluster; "auto": the running one; or host:port / ray://host:10001
+    workers: int = 2  # encoder actors per space, and kNN tasks at a time
+    cpus_per_worker: int = 1  # CPUs (and threads) of each actor and task
+    batch_size: int = 256  # manifest rows per encode task: the unit redone when a worker dies
+    shard_rows: int = 50_000  # corpus rows per kNN task: bounds a task's memory
+    query_rows: int = 8192  # query rows per kNN task
 
 
 @dataclass
@@ -169,6 +182,7 @@ class Config:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,7 +198,7 @@ class Config:
 
 
 _SECTIONS = {"corpus": CorpusConfig, "caption": CaptionConfig, "encode": EncodeConfig, "mining": MiningConfig,
-             "annotate": AnnotateConfig, "export": ExportConfig, "train": TrainConfig}
+             "annotate": AnnotateConfig, "export": ExportConfig, "train": TrainConfig, "ray": RayConfig}
 
 
 DEFAULT_TOML = '''\
@@ -252,6 +266,9 @@ annotator = "template"    # template: offline baseline from the two captions (no
                           # method); openai: MLLM description + LLM instructions on a server
 api_base = ""             # else MEGAPAIRS_API_BASE / OPENAI_BASE_URL
 llm_api_base = ""         # another server for the text stage (default: api_base)
+servers = []              # several servers of the same models, e.g. ["http://gpu0:8000/v1",
+                          # "http://gpu1:8000/v1"]: requests go to the least busy, `concurrency`
+                          # per server (overrides api_base; see docs/scale.md)
 mllm_model = ""           # else MEGAPAIRS_MLLM_MODEL
 llm_model = ""            # else MEGAPAIRS_LLM_MODEL
 concurrency = 8
@@ -290,6 +307,14 @@ num_workers = 0           # DataLoader workers (clip: decoding and preprocessing
 num_threads = 0           # 0: all cores
 device = "auto"           # auto | cpu | cuda | cuda:1 ...
 tensorboard = false       # also log to OUT/train/tensorboard (needs the tensorboard package)
+
+[ray]                     # megapairs build --ray [ADDRESS] (needs: pip install 'megapairs[ray]')
+address = ""              # "": start a local cluster; "auto": the running one; or host:6379
+workers = 2               # encoder actors per space, and kNN tasks at a time
+cpus_per_worker = 1       # CPUs (and encoder threads) of each actor and task
+batch_size = 256          # manifest rows per encode task: the unit redone when a worker dies
+shard_rows = 50000        # corpus rows per kNN task: bounds a task's memory (rows x dims x 4 bytes)
+query_rows = 8192         # query rows per kNN task
 '''
 
 
@@ -474,12 +499,17 @@ def validate(cfg: Config) -> Config:
     _one_of("annotate.annotator", a.annotator, ANNOTATORS)
     for key in ("concurrency", "max_image_side"):
         _positive(f"annotate.{key}", getattr(a, key))
+    for url in a.servers:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"annotate.servers: {url!r} is not an http(s) URL such as 'http://gpu0:8000/v1'")
     e = cfg.export
     for fmt in e.formats:
         _one_of("export.formats entry", fmt, EXPORT_FORMATS)
     _positive("export.shard_max_count", e.shard_max_count)
     if e.resize < 0:
         raise ConfigError(f"export.resize must be >= 0, got {e.resize}")
+    for key in ("workers", "cpus_per_worker", "batch_size", "shard_rows", "query_rows"):
+        _positive(f"ray.{key}", getattr(cfg.ray, key))
     _validate_train(cfg)
     return cfg
 

@@ -115,6 +115,11 @@ class Output:
     def embedding_progress(self, space: str) -> Path:
         return self.embeddings / f".{space}.progress.json"
 
+    def embedding_parts(self, space: str) -> Path:
+        """Per-task results of a Ray encode (``<first row>.npy`` + ``.json``), assembled
+        into :meth:`embedding` in manifest order when every part is there."""
+        return self.embeddings / f".{space}.parts"
+
     @property
     def captions_journal(self) -> Path:
         return self.root / "captions.jsonl"

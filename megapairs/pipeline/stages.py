@@ -278,15 +278,31 @@ def _encode_space(o: Output, cfg: Config, space: SpaceConfig, table: pa.Table, f
     return _finish_space(o, plan, width, failed)
 
 
+EXECUTORS = ("local", "ray")
+
+
+def _executor(executor: str, cfg: Config) -> str:
+    """The executor's name, checked; "ray" starts or joins the cluster of ``cfg.ray.address``."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if executor == "ray":
+        from .. import cluster
+
+        cluster.init(cfg.ray.address or None)
+    return executor
+
+
 def encode(out, config=None, *, spaces: Sequence[str] | None = None, progress: bool | None = None,
-           fingerprints: dict | None = None) -> StageResult:
+           fingerprints: dict | None = None, executor: str = "local") -> StageResult:
     """Embed every readable image (and caption) in each similarity space into
     ``embeddings/<space>.npy`` (float32, row i = manifest row i, zeros where nothing was
     embedded) with ``embeddings/<space>.json``. Streams in batches, so memory is bounded by
     the batch; a killed run resumes at the first unfinished batch. Images that fail to
-    decode are marked in the manifest and skipped."""
+    decode are marked in the manifest and skipped. ``executor="ray"`` runs it on a Ray
+    cluster (the ``[ray]`` section; docs/scale.md), with the same result."""
     t0 = time.monotonic()
     o, cfg = _context(out, config)
+    executor = _executor(executor, cfg)
     names = [s.name for s in cfg.spaces] if spaces is None else list(spaces)
     unknown = [n for n in names if n not in {s.name for s in cfg.spaces}]
     if unknown:
@@ -301,7 +317,12 @@ def encode(out, config=None, *, spaces: Sequence[str] | None = None, progress: b
             stats[name] = o.read_state(stage)["stats"]
             continue
         table = read_manifest(o)
-        stats[name] = _encode_space(o, cfg, space, table, fp, progress)
+        if executor == "ray":
+            from . import _stages_ray
+
+            stats[name] = _stages_ray.encode_space(o, cfg, space, table, fp, progress)
+        else:
+            stats[name] = _encode_space(o, cfg, space, table, fp, progress)
         o.write_state(stage, fp, [o.embedding(name), o.embedding_info(name)], stats[name],
                       config=dataclasses.asdict(space))
         ran = True
@@ -318,14 +339,17 @@ def _mine_fingerprint(o: Output, cfg: Config, fingerprints: dict | None) -> str:
     return digest("mine", ups, dataclasses.asdict(cfg.mining), {s.name: s.band for s in cfg.spaces})
 
 
-def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict | None = None) -> StageResult:
+def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict | None = None,
+         executor: str = "local") -> StageResult:
     """Mine pairs over every space (:func:`megapairs.mining.mine_pairs`, each space with its
     own band) among the images embedded in all of them, into ``pairs.parquet`` (image
-    numbers are manifest rows) and ``pairs.stats.json``."""
+    numbers are manifest rows) and ``pairs.stats.json``. ``executor="ray"`` runs the kNN
+    joins as sharded tasks on a Ray cluster, with the same result."""
     from .. import mining
 
     t0 = time.monotonic()
     o, cfg = _context(out, config)
+    executor = _executor(executor, cfg)
     fp = _mine_fingerprint(o, cfg, fingerprints)
     if o.is_current("mine", fp):
         return StageResult("mine", False, fp, o.read_state("mine")["stats"])
@@ -344,6 +368,11 @@ def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict |
         raise StageFailed(f"only {len(rows)} images are embedded in every space; mining needs at least 2")
     sub = {name: np.ascontiguousarray(emb[rows]) for name, emb in spaces.items()}
     k = min(cfg.mining.k, len(rows) - 1)
+    if executor == "ray":
+        from . import _stages_ray
+
+        sub = {s.name: _stages_ray.space_neighbours(sub[s.name], tuple(s.band), k, cfg, progress)
+               for s in cfg.spaces}
     result = mining.mine_pairs(sub, band={s.name: tuple(s.band) for s in cfg.spaces}, k=k,
                                targets_per_query=cfg.mining.targets_per_query,
                                hard_negatives=cfg.mining.hard_negatives, seed=cfg.mining.seed,
@@ -380,7 +409,8 @@ _RUNNERS: dict[str, Callable[..., StageResult]] = {
 
 def build(images: str | os.PathLike | None, out: str | os.PathLike, config: Config | str | os.PathLike | None = None,
           *, overrides: Sequence[str] | dict | None = None, progress: bool | None = None,
-          until: str = "export", on_stage: Callable[[StageResult], None] | None = None) -> list[StageResult]:
+          until: str = "export", on_stage: Callable[[StageResult], None] | None = None,
+          executor: str = "local") -> list[StageResult]:
     """Run every stage in order over the corpus ``images`` into the folder ``out``.
 
     Parameters
@@ -401,6 +431,9 @@ def build(images: str | os.PathLike | None, out: str | os.PathLike, config: Conf
         The last stage to run.
     on_stage : callable, optional
         Called with each :class:`StageResult` as its stage finishes.
+    executor : {"local", "ray"}
+        "ray": encode and mine on a Ray cluster (``[ray]`` in the configuration: the address,
+        workers, CPUs per worker; see docs/scale.md). The outputs are the same files.
 
     Returns
     -------
@@ -409,10 +442,12 @@ def build(images: str | os.PathLike | None, out: str | os.PathLike, config: Conf
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}, got {until!r}")
     cfg = resolve_config(out, config, images=images, overrides=overrides)
+    _executor(executor, cfg)
     fingerprints: dict[str, str] = {}
     results = []
     for stage in STAGES[:STAGES.index(until) + 1]:
-        result = _RUNNERS[stage](out, cfg, progress=progress, fingerprints=fingerprints)
+        extra = {"executor": executor} if stage in ("encode", "mine") else {}
+        result = _RUNNERS[stage](out, cfg, progress=progress, fingerprints=fingerprints, **extra)
         fingerprints[stage] = result.fingerprint
         results.append(result)
         if on_stage is not None:
