@@ -11,15 +11,16 @@
 On a 2-core machine the point is the overhead of Ray (scheduling, serialising results, actor
 start-up), not a speed-up: with more workers than cores they share the cores.
 
-Run: .venv/bin/python benchmarks/bench_ray.py [--images 96] [--rows 40000]
+Run: .venv/bin/python benchmarks/bench_ray.py [--images 192] [--rows 40000]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ def vit_b16(folder: Path) -> Path:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=512)).eval().save_pretrained(
+    CLIPVisionModelWithProjection(CLIPVisionConfig(patch_size=16, projection_dim=512)).eval().save_pretrained(
         folder, safe_serialization=True)
     CLIPImageProcessor().save_pretrained(folder)
     return folder
@@ -73,17 +74,35 @@ def bench_encode(tmp: Path, images: int, threads: int, workers: list[int]) -> li
     return rows
 
 
-def _task_peak_rss(queries, q0, q1, corpus, c0, c1, k):
-    """A stand-in for one kNN task that also reports its worker's peak resident memory."""
-    from megapairs.cluster import _shard_task
+TASK = """
+import sys
+import numpy as np
+import megapairs as mp
+from megapairs.cluster import _rows
 
-    _shard_task(queries, q0, q1, corpus, c0, c1, k, -np.inf, np.inf, "bf16", 1)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+path, block, shard, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+before = rss()
+q = np.ascontiguousarray(_rows(path, 0, block), np.float32)  # what a task holds: its rows, read
+c = np.ascontiguousarray(_rows(path, 0, shard), np.float32)
+s, i = mp.knn.search(q, c, k, num_threads=1, float64=True)
+print(before, rss())
+"""
+
+
+def _task_rss(path, block, shard, k) -> tuple[int, int]:
+    """Resident bytes of a fresh process after importing megapairs, and while it holds one kNN
+    task's inputs and results."""
+    out = subprocess.run([sys.executable, "-c", TASK, str(path), str(block), str(shard), str(k)], check=True,
+                         capture_output=True, text=True)
+    before, during = out.stdout.split()[-2:]
+    return int(before), int(during)
 
 
 def bench_knn(tmp: Path, rows: int, dims: int, threads: int, workers: list[int]) -> tuple[list[tuple], dict]:
-    import ray
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, dims), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -100,14 +119,14 @@ def bench_knn(tmp: Path, rows: int, dims: int, threads: int, workers: list[int])
                                 cpus_per_task=max(1, threads // w), max_in_flight=w, progress=False)
         out.append((f"ray, {w} task" + "s" * (w > 1), rows / (time.perf_counter() - t0)))
         assert np.array_equal(got[1], want[1]), "sharded result differs"
-    peak = ray.get(ray.remote(num_cpus=1)(_task_peak_rss).remote(str(path), 0, block, str(path), 0, shard, k + 1))
+    idle, peak = _task_rss(path, block, shard, k + 1)
     inputs = (shard + block) * dims * 4
-    return out, {"task_peak_rss_mb": peak / 2**20, "task_inputs_mb": inputs / 2**20}
+    return out, {"task_peak_rss_mb": peak / 2**20, "task_inputs_mb": inputs / 2**20, "idle_mb": idle / 2**20}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--dims", type=int, default=768)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -131,8 +150,8 @@ def main() -> None:
         print(f"{'executor':>16} {'queries/s':>10} {'vs one process':>15}")
         for name, rate in knn_rows:
             print(f"{name:>16} {rate:10.0f} {rate / base:14.2f}x")
-        print(f"per task: inputs {memory['task_inputs_mb']:.0f} MB, worker peak resident "
-              f"{memory['task_peak_rss_mb']:.0f} MB")
+        print(f"per task: inputs {memory['task_inputs_mb']:.0f} MB; a process running one holds "
+              f"{memory['task_peak_rss_mb']:.0f} MB resident, {memory['idle_mb']:.0f} MB of it megapairs' import")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ def build(paths: tuple[Path, ...], until: str, ray_address: str | None, config, 
         raise click.UsageError("expected [IMAGES] OUT")
     images, out = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
     overrides = list(overrides)
+    if ray_address and Path(ray_address).exists():
+        raise click.UsageError(f"--ray took {ray_address!r} as the cluster's address; put --ray after the paths "
+                               "or write --ray=ADDRESS")
     if ray_address is not None:
         from .cluster import require_ray
 

@@ -131,14 +131,15 @@ def _run(queries, corpus, k, lo, hi, exclude_self, precision, shard_rows, query_
     cpus_per_task = _args.positive(cpus_per_task, "cpus_per_task")
     precision = _args.precision(precision)
     sources, arrays = [], []  # what tasks get (a path, or an object in the store); what we check
-    for x in (queries, corpus):
+    for n, x in enumerate((queries, corpus)):
         if isinstance(x, (str, os.PathLike)):
             sources.append(str(x)), arrays.append(str(x))
         elif isinstance(x, ray.ObjectRef):
             sources.append(x), arrays.append(ray.get(x))
+        elif n == 1 and x is queries:  # a self-join: one copy in the store
+            sources.append(None), arrays.append(arrays[0])
         else:
-            arrays.append(np.asarray(x))
-            sources.append(None if x is corpus and corpus is queries else arrays[-1])
+            sources.append(x), arrays.append(np.asarray(x))
     (Q, d), (M, dc) = _shape(arrays[0]), _shape(arrays[1])
     if d != dc:
         raise ValueError(f"{what}: queries have dimension {d} but the corpus has {dc}")

@@ -106,9 +106,12 @@ def encode_space(o: Output, cfg, space, table, fp: str, progress: bool | None) -
 
             bar = tqdm(total=N, initial=N - sum(hi - lo for lo, hi in todo), desc=f"encode {space.name} (ray)",
                        unit="row", dynamic_ncols=True)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours (above) counts rows
         ds = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in todo], override_num_blocks=len(todo))
+        # Ray Data restarts a dead actor and retries its task (max_restarts = max_task_retries = -1
+        # are its defaults for actor pools): a part is redone under its own name
         ds = ds.map_batches(_Encoder, batch_size=1, concurrency=min(cfg.ray.workers, len(todo)),
-                            num_cpus=cfg.ray.cpus_per_worker, max_restarts=-1, max_task_retries=-1,
+                            num_cpus=cfg.ray.cpus_per_worker,
                             fn_constructor_kwargs={"root": str(o.root), "config": cfg, "space": space.name,
                                                    "fp": fp, "threads": threads})
         try:

@@ -368,12 +368,13 @@ def mine(out, config=None, *, progress: bool | None = None, fingerprints: dict |
         raise StageFailed(f"only {len(rows)} images are embedded in every space; mining needs at least 2")
     sub = {name: np.ascontiguousarray(emb[rows]) for name, emb in spaces.items()}
     k = min(cfg.mining.k, len(rows) - 1)
-    if executor == "ray":
+    bands = {s.name: tuple(s.band) for s in cfg.spaces}
+    if executor == "ray":  # the joins on the cluster; the lists carry their bands
         from . import _stages_ray
 
-        sub = {s.name: _stages_ray.space_neighbours(sub[s.name], tuple(s.band), k, cfg, progress)
-               for s in cfg.spaces}
-    result = mining.mine_pairs(sub, band={s.name: tuple(s.band) for s in cfg.spaces}, k=k,
+        sub = {name: _stages_ray.space_neighbours(sub[name], band, k, cfg, progress) for name, band in bands.items()}
+        bands = {}
+    result = mining.mine_pairs(sub, band=bands, k=k,
                                targets_per_query=cfg.mining.targets_per_query,
                                hard_negatives=cfg.mining.hard_negatives, seed=cfg.mining.seed,
                                num_threads=_threads(cfg), progress=progress)
