@@ -49,6 +49,9 @@ int parse_precision(const char *name, enum mp_precision *out);
 // config[key] as an integer -> *out and 0, else -1 with ValueError (missing) or TypeError set.
 int dict_int(PyObject *dict, const char *key, int64_t *out);
 
+// config[key] as a float -> *out and 0, else -1 with ValueError (missing) or TypeError set.
+int dict_float(PyObject *dict, const char *key, float *out);
+
 // The index in names[0..count) of the name config[key] holds -> *out and 0, else -1 with ValueError.
 int dict_name(PyObject *dict, const char *key, const char *const *names, int count, int *out);
 

@@ -78,7 +78,6 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
         return -1;
     struct mp_vit_config c = {0};
     int activation = 0, kind = 0;
-    PyObject *eps = PyDict_GetItemString(config, "eps");
     if (dict_name(config, "kind", kinds, 2, &kind) || dict_int(config, "image_size", &c.image_size) ||
         dict_int(config, "patch_size", &c.patch_size) || dict_int(config, "width", &c.width) ||
         dict_int(config, "layers", &c.layers) || dict_int(config, "heads", &c.heads) ||
@@ -88,12 +87,7 @@ static int vit_init_py(VitObject *self, PyObject *args, PyObject *kwargs) {
     PyObject *registers = PyDict_GetItemString(config, "registers"), *swiglu = PyDict_GetItemString(config, "swiglu");
     if (registers && (c.registers = PyLong_AsLongLong(registers)) == -1 && PyErr_Occurred()) return -1;
     if (swiglu && (c.swiglu = PyObject_IsTrue(swiglu)) < 0) return -1;
-    if (!eps) {
-        PyErr_SetString(PyExc_ValueError, "config has no 'eps'");
-        return -1;
-    }
-    c.eps = (float)PyFloat_AsDouble(eps);
-    if (PyErr_Occurred()) return -1;
+    if (dict_float(config, "eps", &c.eps)) return -1;
     c.kind = (enum mp_vit_kind)kind;
     c.activation = (enum mp_activation)activation;
     struct checkpoint_args t;
@@ -267,13 +261,7 @@ static int text_init_py(TextObject *self, PyObject *args, PyObject *kwargs) {
         dict_int(config, "heads", &c.heads) || dict_int(config, "mlp", &c.mlp) ||
         dict_int(config, "projection", &c.projection) || dict_name(config, "activation", ACTIVATIONS, 2, &activation))
         return -1;
-    PyObject *eps = PyDict_GetItemString(config, "eps");
-    if (!eps) {
-        PyErr_SetString(PyExc_ValueError, "config has no 'eps'");
-        return -1;
-    }
-    c.eps = (float)PyFloat_AsDouble(eps);
-    if (PyErr_Occurred()) return -1;
+    if (dict_float(config, "eps", &c.eps)) return -1;
     c.kind = (enum mp_text_kind)kind;
     c.activation = (enum mp_activation)activation;
     struct checkpoint_args t;

@@ -100,6 +100,19 @@ int dict_int(PyObject *dict, const char *key, int64_t *out) {
     return 0;
 }
 
+// config[key] as a float -> *out and 0, else -1 with ValueError (missing) or TypeError.
+int dict_float(PyObject *dict, const char *key, float *out) {
+    PyObject *v = PyDict_GetItemString(dict, key); // borrowed
+    if (!v) {
+        PyErr_Format(PyExc_ValueError, "config has no '%s'", key);
+        return -1;
+    }
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) return -1;
+    *out = (float)x;
+    return 0;
+}
+
 // The index in names[0..count) of the name config[key] holds -> *out and 0, else -1 with ValueError.
 int dict_name(PyObject *dict, const char *key, const char *const *names, int count, int *out) {
     PyObject *v = PyDict_GetItemString(dict, key); // borrowed
