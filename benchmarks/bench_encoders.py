@@ -69,6 +69,8 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["clip", "dinov2"])
+    parser.add_argument("--scaling-batch", type=int, default=32,
+                        help="batch of the thread-scaling rows (bf16; 0 skips them)")
     args = parser.parse_args()
     threads = mp.get_num_threads()
     torch.set_num_threads(threads)
@@ -119,6 +121,34 @@ def main():
                 share = f"{100 * achieved / ours_peak:>7.0f}%" if precision == "bf16" else f"{'-':>8}"
                 print(f"{batch:>6}{precision:>10}{batch / t_torch:>11.2f}{ort_cols[0]}{batch / t_ours:>15.2f}"
                       f"{t_torch / t_ours:>9.2f}x{ort_cols[1]}{achieved:>9.0f}{share}")
+        if args.scaling_batch:
+            thread_scaling(model, encode["bf16"], args.scaling_batch, threads, args.repeats, rng)
+        torch.set_num_threads(threads)
+
+
+def thread_scaling(model, encode, batch, cores, repeats, rng):
+    """bf16 images/s at 1, 2, ... all cores: megapairs with the model already used at every
+    count before (first at 1 thread, as a notebook that called set_num_threads(1) would),
+    against PyTorch autocast at the same count."""
+    pixels = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    tensor = torch.from_numpy(pixels)
+    counts = sorted({1, 2, cores} & set(range(1, cores + 1)))
+    print(f"thread scaling, bf16, batch {batch} (the model first used at 1 thread):")
+    print(f"{'threads':>8}{'torch i/s':>11}{'megapairs i/s':>15}{'vs torch':>10}{'megapairs vs 1 thread':>23}")
+    base = None
+    for t in counts:
+        torch.set_num_threads(t)
+
+        def run_torch():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                model(pixel_values=tensor)
+
+        mp.set_num_threads(t)
+        t_ours = median_time(lambda: encode(pixels), repeats)
+        t_torch = median_time(run_torch, repeats)
+        base = base or t_ours
+        print(f"{t:>8}{batch / t_torch:>11.2f}{batch / t_ours:>15.2f}{t_torch / t_ours:>9.2f}x{base / t_ours:>22.2f}x")
+    mp.set_num_threads(cores)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,17 @@ refers to. Re-exported by :mod:`megapairs.dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+
+from .errors import FormatError
 
 FIELDS = ("q_img", "q_text", "t_img", "hns")
 SCHEMA = pa.schema([
@@ -112,8 +116,22 @@ def iter_jsonl(path: PathLike) -> Iterator[dict]:
         Naming ``file:line`` for a line that is not JSON or not a valid record.
     """
     path = Path(path)
-    with _open_text(path, "r") as f:
-        for lineno, line in enumerate(f, start=1):
+    lineno = 0
+    # bytes, decoded line by line, so a bad byte or a cut gzip stream is named by its line
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+                raise FormatError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e})") from None
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FormatError(f"{path}:{lineno}: not UTF-8 ({e})") from None
             if not line.strip():
                 continue
             try:
@@ -143,9 +161,10 @@ def records_to_table(records: Iterable[Mapping], metadata: Mapping | None = None
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def records_from_table(table: pa.Table, where: str = "table") -> list[dict]:
+def records_from_table(table: pa.Table, where: str = "table", first_row: int = 0) -> list[dict]:
     """Records from a table with columns ``q_img``, ``q_text`` (or ``q_texts``), ``t_img``
-    and ``hns``; other columns are ignored."""
+    and ``hns``; other columns are ignored. Errors name ``where`` and the row (counted
+    from ``first_row``)."""
     names = table.column_names
     text_col = "q_text" if "q_text" in names else "q_texts" if "q_texts" in names else None
     missing = [c for c in ("q_img", "t_img", "hns") if c not in names]
@@ -154,7 +173,7 @@ def records_from_table(table: pa.Table, where: str = "table") -> list[dict]:
     cols = {"q_img": table["q_img"].to_pylist(), "t_img": table["t_img"].to_pylist(),
             "hns": table["hns"].to_pylist(),
             "q_text": table[text_col].to_pylist() if text_col else [[]] * table.num_rows}
-    return [normalize_record({name: cols[name][i] for name in FIELDS}, f"{where} row {i}")
+    return [normalize_record({name: cols[name][i] for name in FIELDS}, f"{where} row {first_row + i}")
             for i in range(table.num_rows)]
 
 
@@ -176,32 +195,71 @@ def write_parquet(records: Iterable[Mapping], path: PathLike, metadata: Mapping 
     return table.num_rows
 
 
+@contextlib.contextmanager
+def _parquet_errors(path: Path, where: str = ""):
+    """pyarrow's errors for a damaged file as :class:`megapairs.FormatError` naming the file
+    (and ``where`` in it); a missing or unreadable file stays the OSError it is."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise FormatError(f"{path}{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+
 def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
     """Records of a Parquet file, read ``batch_size`` rows at a time (the released
-    26M-record file need not fit in memory as Python objects)."""
+    26M-record file need not fit in memory as Python objects).
+
+    Raises
+    ------
+    megapairs.FormatError
+        A damaged file, naming it and the first row of the batch that could not be read.
+    ValueError
+        A record that is not valid, naming the file and the row.
+    """
     import pyarrow.parquet as pq
 
     path = Path(path)
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
+    with _parquet_errors(path):
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
     wanted = [c for c in ("q_img", "q_text", "q_texts", "t_img", "hns") if c in names]
-    for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
-        yield from records_from_table(pa.Table.from_batches([batch]), str(path))
+    batches, row = pf.iter_batches(batch_size=batch_size, columns=wanted), 0
+    while True:
+        with _parquet_errors(path, f" (rows from {row})"):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+        table = pa.Table.from_batches([batch])
+        yield from records_from_table(table, str(path), row)
+        row += table.num_rows
 
 
 def read_parquet(path: PathLike) -> list[dict]:
-    """All records of a Parquet file (``q_texts`` accepted)."""
+    """All records of a Parquet file (``q_texts`` accepted); errors as :func:`iter_parquet`."""
     import pyarrow.parquet as pq
 
-    return records_from_table(pq.read_table(path), str(path))
+    path = Path(path)
+    with _parquet_errors(path):
+        table = pq.read_table(path)
+    return records_from_table(table, str(path))
 
 
 def read_parquet_metadata(path: PathLike) -> dict | None:
     """The ``megapairs.dataset`` schema metadata of a Parquet file written here, or None."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else None
+    path = Path(path)
+    with _parquet_errors(path):
+        meta = pq.read_schema(path).metadata or {}
+    if METADATA_KEY not in meta:
+        return None
+    try:
+        return json.loads(meta[METADATA_KEY])
+    except ValueError as e:
+        raise FormatError(f"{path}: its megapairs.dataset metadata is not JSON ({e})") from None
 
 
 def _format(path: Path) -> str:

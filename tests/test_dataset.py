@@ -392,3 +392,44 @@ def test_transparent_png_goes_into_shards_on_white(tmp_path):
     white = Image.new("RGBA", (60, 40), (255, 255, 255, 255))
     want = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB"), np.float64)
     assert np.abs(got - want).mean() < 2 and got[:, :20].min() > 240  # JPEG at quality 100: within a few levels
+
+
+def test_damaged_files_raise_errors_naming_the_file(tmp_path):
+    """Truncated, overwritten and foreign bytes: every reader raises megapairs.FormatError
+    (a ValueError) naming the file, and for a damaged row group the rows it held; never
+    pyarrow's own ArrowInvalid or a bare OSError."""
+    recs = records(40)
+    good = tmp_path / "good.parquet"
+    ds.write_parquet(recs, good, row_group_size=8)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.parquet"
+    foreign.write_bytes(b"PAR1 this is not a parquet file at all")
+    for path in (truncated, foreign):
+        for read in (ds.read_parquet, ds.read_records, lambda p: list(ds.iter_parquet(p)), ds.read_parquet_metadata):
+            with pytest.raises(mp.FormatError, match=str(path.name)):
+                read(path)
+    # a damaged data page inside: the footer reads, a row group does not
+    meta = pq.ParquetFile(good).metadata
+    start = meta.row_group(2).column(0).data_page_offset
+    broken = bytearray(data)
+    broken[start:start + 64] = b"\xff" * 64
+    inside = tmp_path / "inside.parquet"
+    inside.write_bytes(bytes(broken))
+    got = []
+    with pytest.raises(mp.FormatError, match=r"inside\.parquet \(rows from 16\)"):
+        for record in ds.iter_parquet(inside, batch_size=8):
+            got.append(record)
+    assert got == recs[:16]  # the good row groups before it were delivered
+    with pytest.raises(FileNotFoundError):
+        ds.read_parquet(tmp_path / "missing.parquet")
+    gz = tmp_path / "cut.jsonl.gz"
+    ds.write_jsonl(recs, gz)
+    gz.write_bytes(gz.read_bytes()[:-40])
+    with pytest.raises(mp.FormatError, match=r"cut\.jsonl\.gz: unreadable after line \d+"):
+        ds.read_records(gz)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(recs[0]).encode() + b"\n" + b'{"q_img": "caf\xe9"}\n')
+    with pytest.raises(mp.FormatError, match=r"latin\.jsonl:2: not UTF-8"):
+        ds.read_jsonl(latin)
