@@ -25,6 +25,8 @@ SCHEMA = pa.schema([
     ("hns", pa.list_(pa.string())),
 ])
 METADATA_KEY = b"megapairs.dataset"
+#: Longest JSONL line read (a record is a few KB; a file without newlines is refused, not loaded).
+MAX_LINE_BYTES = 64 << 20
 
 PathLike = str | os.PathLike
 
@@ -107,27 +109,31 @@ def write_jsonl(records: Iterable[Mapping], path: PathLike) -> int:
     return n
 
 
-def iter_jsonl(path: PathLike) -> Iterator[dict]:
+def iter_jsonl(path: PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[dict]:
     """Records of a JSONL file (``.gz`` allowed), normalised; blank lines are skipped.
 
     Raises
     ------
     ValueError
         Naming ``file:line`` for a line that is not JSON or not a valid record.
+    megapairs.FormatError
+        Naming ``file:line`` for a line longer than ``max_line_bytes`` (64 MiB; raise it for
+        records that really are that large), bytes that are not UTF-8, or a cut gzip stream.
     """
     path = Path(path)
     lineno = 0
     # bytes, decoded line by line, so a bad byte or a cut gzip stream is named by its line
     with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-        lines = iter(f)
         while True:
             try:
-                raw = next(lines)
-            except StopIteration:
-                return
+                raw = f.readline(max_line_bytes + 1)
             except (gzip.BadGzipFile, EOFError, zlib.error) as e:
                 raise FormatError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e})") from None
+            if not raw:
+                return
             lineno += 1
+            if len(raw) > max_line_bytes:
+                raise FormatError(f"{path}:{lineno}: line longer than {max_line_bytes} bytes (max_line_bytes)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -141,9 +147,9 @@ def iter_jsonl(path: PathLike) -> Iterator[dict]:
             yield normalize_record(obj, f"{path}:{lineno}")
 
 
-def read_jsonl(path: PathLike) -> list[dict]:
+def read_jsonl(path: PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
     """All records of a JSONL file, see :func:`iter_jsonl`."""
-    return list(iter_jsonl(path))
+    return list(iter_jsonl(path, max_line_bytes))
 
 
 def records_to_table(records: Iterable[Mapping], metadata: Mapping | None = None) -> pa.Table:

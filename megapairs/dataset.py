@@ -44,6 +44,7 @@ from ._dataset_records import (
     FIELDS,
     SCHEMA,  # noqa: F401 (SCHEMA, METADATA_KEY: names of this module before the split)
     METADATA_KEY,  # noqa: F401
+    MAX_LINE_BYTES,
     PathLike,
     normalize_record,
     write_jsonl,
@@ -63,6 +64,7 @@ from ._dataset_records import (
 
 __all__ = [
     "FIELDS",
+    "MAX_LINE_BYTES",
     "MAX_MEMBER_BYTES",
     "InstructionSampler",
     "ShardReader",

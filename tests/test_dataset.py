@@ -433,3 +433,20 @@ def test_damaged_files_raise_errors_naming_the_file(tmp_path):
     latin.write_bytes(json.dumps(recs[0]).encode() + b"\n" + b'{"q_img": "caf\xe9"}\n')
     with pytest.raises(mp.FormatError, match=r"latin\.jsonl:2: not UTF-8"):
         ds.read_jsonl(latin)
+
+
+def test_jsonl_line_limit_refuses_a_file_without_newlines(tmp_path):
+    """A file with no newline is refused after reading max_line_bytes, not loaded whole."""
+    huge = tmp_path / "huge.jsonl"
+    with open(huge, "wb") as f:  # 80 MiB of one "line", sparse on disk
+        f.write(b'{"q_img": "')
+        f.seek(80 << 20)
+        f.write(b'"}')
+    with pytest.raises(mp.FormatError, match=r"huge\.jsonl:1: line longer than 67108864 bytes"):
+        ds.read_jsonl(huge)
+    small = tmp_path / "small.jsonl"
+    rec = records(1)[0]
+    small.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(mp.FormatError, match="line longer than 100 bytes"):
+        ds.read_jsonl(small, max_line_bytes=100)
+    assert ds.read_jsonl(small, max_line_bytes=10_000) == [rec]  # a raised limit accepts it
