@@ -30,6 +30,10 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-f
 FUZZ_SECONDS ?= 120
 FUZZ_RUNS ?= 2000000
 FUZZ_JPEG_RUNS ?= 150000
+# The Python targets (tests/fuzz/fuzz_python.py, Atheris): runs each, within FUZZ_PY_SECONDS.
+FUZZ_PY_TARGETS := records shard journal answer checkpoint pipeline
+FUZZ_PY_RUNS ?= 5000
+FUZZ_PY_SECONDS ?= 60
 
 # Installs those of the Debian packages $(1) that are missing.
 define apt-install
@@ -41,7 +45,7 @@ define apt-install
 	fi
 endef
 
-.PHONY: test test-c test-py asan fuzz bench build system-deps clean docs demo demo-system-deps
+.PHONY: test test-c test-py asan fuzz fuzz-long bench build system-deps clean docs demo demo-system-deps
 
 test: test-c test-py
 
@@ -130,16 +134,33 @@ build/fuzz/fuzz_text: tests/fuzz/fuzz_text.c $(wildcard csrc/text/*.c) csrc/core
 	@mkdir -p $(@D)
 	clang $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
 
-fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg build/fuzz/fuzz_text
+fuzz: build/fuzz/fuzz_safetensors build/fuzz/fuzz_jpeg build/fuzz/fuzz_text build $(VENV)/.installed-fuzz
 	@mkdir -p build/fuzz/corpus/safetensors build/fuzz/corpus/jpeg build/fuzz/corpus/text
 	@failed=""; \
 	run() { local target=$$1 runs=$$2; echo "== build/fuzz/fuzz_$$target (-runs=$$runs, at most $(FUZZ_SECONDS) s)"; \
 	  build/fuzz/fuzz_$$target $(FUZZ_FLAGS) -runs=$$runs build/fuzz/corpus/$$target tests/fuzz/corpus/$$target \
 	    || failed="$$failed fuzz_$$target"; }; \
+	run_py() { local target=$$1; mkdir -p build/fuzz/corpus/py_$$target; \
+	  echo "== tests/fuzz/fuzz_python.py $$target (-runs=$(FUZZ_PY_RUNS), at most $(FUZZ_PY_SECONDS) s)"; \
+	  $(PY) tests/fuzz/fuzz_python.py $$target -artifact_prefix=build/fuzz/py_$$target- -runs=$(FUZZ_PY_RUNS) \
+	    -max_total_time=$(FUZZ_PY_SECONDS) -print_final_stats=1 build/fuzz/corpus/py_$$target \
+	    tests/fuzz/corpus/py_$$target || failed="$$failed py_$$target"; }; \
 	run safetensors $(FUZZ_RUNS); \
 	run jpeg $(FUZZ_JPEG_RUNS); \
 	run text $(FUZZ_RUNS); \
+	for t in $(FUZZ_PY_TARGETS); do run_py $$t; done; \
 	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (inputs in build/fuzz/)"; exit 1; fi
+
+# The long campaign (not in CI): every C target 1,000,000 inputs, every Python one 100,000,
+# with no time cap; figures in docs/reliability.md.
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=100000 FUZZ_RUNS=1000000 FUZZ_JPEG_RUNS=1000000 FUZZ_PY_RUNS=100000 \
+	  FUZZ_PY_SECONDS=100000
+
+# Atheris, for the Python targets only (it is not a test or run-time dependency).
+$(VENV)/.installed-fuzz: | $(VENV)/.installed
+	$(PY) -m pip install -q "atheris>=2.3"
+	touch $@
 
 bench: build
 	$(PY) -m pip install -q "onnxruntime>=1.17" "onnx>=1.15"
