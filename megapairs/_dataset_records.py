@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .errors import FormatError
+from .limits import loads_json
 
 FIELDS = ("q_img", "q_text", "t_img", "hns")
 SCHEMA = pa.schema([
@@ -140,10 +141,7 @@ def iter_jsonl(path: PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator
                 raise FormatError(f"{path}:{lineno}: not UTF-8 ({e})") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            obj = loads_json(line, f"{path}:{lineno}")
             yield normalize_record(obj, f"{path}:{lineno}")
 
 

@@ -4,11 +4,11 @@ it imports nothing of megapairs but the exception types."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .errors import FormatError
+from .limits import loads_json
 
 __all__ = ["read_json", "resolve_model_dir", "utf8_text"]
 
@@ -91,10 +91,7 @@ def read_json(path: Path, kind: type | None = dict):
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"no {path.name} in '{path.parent}'") from None
-    try:
-        raw = json.loads(utf8_text(data, path))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    raw = loads_json(utf8_text(data, path), str(path))
     if kind is not None and not isinstance(raw, kind):
         raise FormatError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__}")
     return raw

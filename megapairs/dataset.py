@@ -39,6 +39,8 @@ from pathlib import Path
 # The records (JSONL / Parquet) and the training sampler live in private modules; the image
 # sources and the WebDataset shards are here. The names are imported in their source order,
 # which is the order of the reference page (members_order: source).
+from . import _args
+
 # isort: off
 from ._dataset_records import (
     FIELDS,
@@ -66,6 +68,7 @@ __all__ = [
     "FIELDS",
     "MAX_LINE_BYTES",
     "MAX_MEMBER_BYTES",
+    "MAX_SHARD_MEMBERS",
     "InstructionSampler",
     "ShardReader",
     "ShardWriteResult",
@@ -92,6 +95,10 @@ logger = logging.getLogger("megapairs")
 
 #: Largest tar member :func:`iter_shard` and :class:`ShardReader` accept (an image, not a bomb).
 MAX_MEMBER_BYTES = 256 << 20
+
+#: Most members one tar shard may hold (WebDataset shards hold ~10,000 samples of a few
+#: members each); the member index costs ~200 bytes a member.
+MAX_SHARD_MEMBERS = 100_000
 
 ImageSource = PathLike | Callable[[str], bytes] | Mapping
 
@@ -308,8 +315,14 @@ def write_shards(keys: Iterable[str], images: ImageSource, out_dir: PathLike, *,
     return result
 
 
-def _members(tar: tarfile.TarFile, where: str, max_size: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
-    for info in tar:
+def _members(tar: tarfile.TarFile, where: str, max_size: int,
+             max_members: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    _args.positive(max_size, "max_member_size")
+    _args.positive(max_members, "max_members")
+    for count, info in enumerate(tar, start=1):
+        tar.members = []  # tarfile keeps every header it has read; memory stays flat instead
+        if count > max_members:
+            raise ValueError(f"{where}: more than {max_members} members (raise max_members to read it)")
         name = check_member_name(info.name, where)
         if info.isdir():
             continue
@@ -318,7 +331,8 @@ def _members(tar: tarfile.TarFile, where: str, max_size: int) -> Iterator[tuple[
         if info.issparse():  # its stored bytes are not its content (ShardReader would read garbage)
             raise ValueError(f"{where}: member {info.name!r} is a sparse file")
         if info.size > max_size:
-            raise ValueError(f"{where}: member {info.name!r} has {info.size} bytes, more than {max_size}")
+            raise ValueError(f"{where}: member {info.name!r} has {info.size} bytes, more than {max_size} "
+                             "(raise max_member_size to read it)")
         yield info, name
 
 
@@ -332,23 +346,32 @@ def _check_complete(tar: tarfile.TarFile, where: str) -> None:
                          "re-download or rewrite the shard")
 
 
-def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES,
+               max_members: int = MAX_SHARD_MEMBERS) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Samples of one WebDataset tar: ``(key, {extension: bytes})``, members grouped by key
     in file order.
+
+    Parameters
+    ----------
+    max_member_size : int
+        Largest member, and largest sample (its members together), in bytes.
+    max_members : int
+        Most members in the shard.
 
     Raises
     ------
     ValueError
         Naming the shard, for an unsafe member path (absolute, ``..``), a link, device or
-        sparse member, a member over ``max_member_size`` bytes, a key whose members are
-        not adjacent, or a shard cut short (no end-of-archive blocks).
+        sparse member, a member or sample over ``max_member_size`` bytes, more than
+        ``max_members`` members, a key whose members are not adjacent, or a shard cut short
+        (no end-of-archive blocks).
     """
     path = Path(path)
     done: set[str] = set()
-    key, sample = None, {}
+    key, sample, size = None, {}, 0
     try:
         with tarfile.open(path, "r:*") as tar:
-            for info, name in _members(tar, str(path), max_member_size):
+            for info, name in _members(tar, str(path), max_member_size, max_members):
                 k, ext = _split_key(name)
                 if k != key:
                     if key is not None:
@@ -356,7 +379,11 @@ def iter_shard(path: PathLike, max_member_size: int = MAX_MEMBER_BYTES) -> Itera
                         done.add(key)
                     if k in done:
                         raise ValueError(f"{path}: members of sample {k!r} are not adjacent")
-                    key, sample = k, {}
+                    key, sample, size = k, {}, 0
+                size += info.size - len(sample.get(ext, b""))
+                if size > max_member_size:  # a gzip shard can inflate many members of one key
+                    raise ValueError(f"{path}: sample {k!r} holds more than {max_member_size} bytes "
+                                     "(raise max_member_size to read it)")
                 sample[ext] = tar.extractfile(info).read()
             _check_complete(tar, str(path))
     except (tarfile.TarError, EOFError) as e:  # cut inside a member, a bad header, a broken gzip stream
@@ -382,9 +409,12 @@ class ShardReader(Mapping):
         Which member of a sample holds the image.
     max_member_size : int
         Largest member accepted, in bytes.
+    max_members : int
+        Most members in one shard.
     """
 
-    def __init__(self, paths: Iterable[PathLike], extension: str = "jpg", max_member_size: int = MAX_MEMBER_BYTES):
+    def __init__(self, paths: Iterable[PathLike], extension: str = "jpg", max_member_size: int = MAX_MEMBER_BYTES,
+                 max_members: int = MAX_SHARD_MEMBERS):
         self.paths = [Path(p) for p in paths]
         self.extension = extension
         self._index: dict[str, tuple[int, int, int]] = {}
@@ -393,7 +423,7 @@ class ShardReader(Mapping):
         for i, path in enumerate(self.paths):
             try:
                 with tarfile.open(path, "r:") as tar:
-                    for info, name in _members(tar, str(path), max_member_size):
+                    for info, name in _members(tar, str(path), max_member_size, max_members):
                         key, ext = _split_key(name)
                         if ext.lower() != extension.lower():  # .JPG from other writers too
                             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -114,10 +115,15 @@ def _max_pixels(max_pixels: int | None) -> int:
 
 
 def _exif_orientation(data: bytes) -> int:
+    """The EXIF orientation of JPEG bytes; 1 (upright) when Pillow cannot read them, so the
+    C decoder is the one to refuse a damaged file, with its message."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        return int(im.getexif().get(0x0112, 1))
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 (any failure of a third-party parser on hostile bytes)
+        return 1
 
 
 def to_rgb(im, on_white: bool = True):
@@ -158,6 +164,8 @@ def _decode_with_pillow(data: bytes, apply_exif: bool, max_pixels: int, on_white
         raise FormatError("not an image in a format megapairs or Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise FormatError(f"cannot decode image: {exc}") from None
+    except (ArithmeticError, LookupError, TypeError, struct.error, EOFError) as exc:  # a plugin tripped on hostile bytes
+        raise FormatError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _prepare(item, apply_exif: bool, max_pixels: int, on_white: bool = False):

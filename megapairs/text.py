@@ -37,7 +37,11 @@ try:
 except ImportError:  # open_clip requires it; without it only ftfy's repairs are skipped
     ftfy = None
 
-__all__ = ["CLIPTokenizer", "WordPieceTokenizer"]
+__all__ = ["MAX_TEXT_CHARS", "CLIPTokenizer", "WordPieceTokenizer"]
+
+#: Longest text a tokenizer accepts, in characters (read at call time: raise it here). Only
+#: the first few hundred tokens are kept, and no caption or instruction comes near this.
+MAX_TEXT_CHARS = 1_000_000
 
 OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
 OPENAI_MERGES = 49152 - 256 - 2  # open_clip keeps merges lines[1 : 49152 - 256 - 2 + 1]
@@ -73,11 +77,20 @@ def _texts(texts: str | Sequence[str]) -> list:
         raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}") from None
 
 
+def _check_text(text: object, name: str) -> str:
+    """``text``, or TypeError if it is not a str, ValueError if over MAX_TEXT_CHARS."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be str, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} has {len(text)} characters, over the limit of {MAX_TEXT_CHARS} "
+                         "(raise megapairs.text.MAX_TEXT_CHARS to tokenize it)")
+    return text
+
+
 def _map_texts(fn, texts: list) -> list:
-    """[fn(t) for t in texts], with a TypeError naming the first item that is not a str."""
+    """[fn(t) for t in texts], each checked by _check_text first (the error names its index)."""
     for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        _check_text(t, f"texts[{i}]")
     return [fn(t) for t in texts]
 
 
@@ -233,9 +246,7 @@ class CLIPTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without start and end tokens (open_clip ``SimpleTokenizer.encode``)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        return self._bpe.encode(_clean_clip_fast(text)).tolist()
+        return self._bpe.encode(_clean_clip_fast(_check_text(text, "text"))).tolist()
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """The text of token ids (open_clip ``SimpleTokenizer.decode``: each word ends with a space)."""
@@ -392,9 +403,7 @@ class WordPieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without [CLS] and [SEP]."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        return self._wp.encode(self._normalize(text)).tolist()
+        return self._wp.encode(self._normalize(_check_text(text, "text"))).tolist()
 
 
 def _vocab_from_tokenizer_json(path: Path) -> str:

@@ -12,7 +12,6 @@ tensor), and arrays are zero-copy read-only views wherever NumPy has the stored 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,25 @@ from typing import Union
 import numpy as np
 
 from . import _args, _core
+from ._hub import read_json
 from .errors import FormatError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
-__all__ = ["SafetensorsFile", "load_safetensors", "resolve_checkpoint"]
+#: Most tensors (plus ``__metadata__`` entries) one file may declare; real shards hold a
+#: few thousand. Read at open time: raise it for a legitimately larger file.
+MAX_TENSORS = 100_000
+
+#: Largest JSON header one file may have, in bytes (the format's own reader allows 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+__all__ = ["MAX_HEADER_BYTES", "MAX_TENSORS", "SafetensorsFile", "load_safetensors", "resolve_checkpoint"]
+
+
+def _open(path: Path) -> _core.SafetensorsReader:
+    return _core.SafetensorsReader(path, max_tensors=MAX_TENSORS, max_header_bytes=MAX_HEADER_BYTES)
 
 
 def _dtype_arg(dtype) -> str | None:
@@ -68,10 +79,7 @@ def resolve_checkpoint(path: PathLike) -> Path:
 
 def _read_index(index_path: Path) -> dict[str, str]:
     """weight_map of a sharded checkpoint's index, checked for shape and safe shard names."""
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{index_path}: not a valid JSON index: {exc}") from None
+    index = read_json(index_path, kind=None)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise FormatError(f"{index_path}: the index has no 'weight_map' object")
@@ -107,7 +115,7 @@ class SafetensorsFile:
         if self.path.name.endswith(INDEX_SUFFIX):
             weight_map = _read_index(self.path)
             for shard in sorted(set(weight_map.values())):
-                self._readers[shard] = _core.SafetensorsReader(self.path.parent / shard)
+                self._readers[shard] = _open(self.path.parent / shard)
             self._where = {}
             for name in sorted(weight_map):
                 reader = self._readers[weight_map[name]]
@@ -120,7 +128,7 @@ class SafetensorsFile:
                 self._where[name] = reader
             self._metadata = {}
         else:
-            reader = _core.SafetensorsReader(self.path)
+            reader = _open(self.path)
             self._readers[self.path.name] = reader
             self._where = {name: reader for name in reader.keys()}
             self._metadata = reader.metadata()

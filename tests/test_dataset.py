@@ -97,7 +97,7 @@ def test_bad_files_name_the_record(tmp_path):
     path = tmp_path / "bad.jsonl"
     good = json.dumps(records(1)[0])
     path.write_text(good + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
         ds.read_jsonl(path)
     path.write_text(good + "\n" + json.dumps({"q_img": "a.jpg", "q_text": ["x"], "hns": []}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: 't_img' must be a non-empty string"):

@@ -28,10 +28,18 @@ static int numpy_type(enum mp_dtype dtype) {
 }
 
 static int reader_init(SafetensorsReader *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"path", NULL};
+    static char *kwlist[] = {"path", "max_tensors", "max_header_bytes", NULL};
     PyObject *path_bytes = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&:SafetensorsReader", kwlist, PyUnicode_FSConverter, &path_bytes))
+    long long max_tensors = 0, max_header = 0; // 0: the C defaults
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|$LL:SafetensorsReader", kwlist, PyUnicode_FSConverter,
+                                     &path_bytes, &max_tensors, &max_header))
         return -1;
+    if (max_tensors < 0 || max_header < 0) {
+        Py_DECREF(path_bytes);
+        PyErr_SetString(PyExc_ValueError, "max_tensors and max_header_bytes must be >= 0 (0: the default)");
+        return -1;
+    }
+    struct mp_safetensors_limits limits = {.max_header = (uint64_t)max_header, .max_tensors = max_tensors};
     if (self->st) { // __init__ called twice
         mp_safetensors_close(self->st);
         self->st = NULL;
@@ -40,7 +48,7 @@ static int reader_init(SafetensorsReader *self, PyObject *args, PyObject *kwargs
     struct mp_safetensors *st = NULL;
     enum mp_status status;
     Py_BEGIN_ALLOW_THREADS
-    status = mp_safetensors_open(&st, path);
+    status = mp_safetensors_open_limited(&st, path, &limits);
     Py_END_ALLOW_THREADS
     Py_DECREF(path_bytes);
     if (status != MP_STATUS_OK) {

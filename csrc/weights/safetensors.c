@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -44,6 +45,7 @@ struct parser {
     const unsigned char *start, *p, *end;
     const char *source;   // the file name, for messages
     const char *tensor;   // the tensor whose entry is being parsed, or NULL
+    int64_t max_entries;  // tensors plus metadata entries allowed
     enum mp_status status; // MP_STATUS_OK until the first error
 };
 
@@ -354,12 +356,22 @@ static int parse_tensor(struct parser *ps, struct entry *e) {
     return 0;
 }
 
+static int too_many_entries(struct parser *ps, const struct mp_safetensors *st) {
+    if (st->count + st->meta_count < ps->max_entries) return 0;
+    char what[160];
+    snprintf(what, sizeof what, "more than %lld entries (tensors and metadata; raise the limit to read it)",
+             (long long)ps->max_entries);
+    return parse_fail(ps, what);
+}
+
 static int parse_metadata(struct parser *ps, struct mp_safetensors *st) {
+    int64_t capacity = 0;
     if (expect(ps, '{')) return -1;
     skip_ws(ps);
     if (ps->p < ps->end && *ps->p == '}') { ps->p++; return 0; }
     for (;;) {
         char *key = NULL, *value = NULL;
+        if (too_many_entries(ps, st)) return -1;
         if (parse_string(ps, &key, NULL) || expect(ps, ':')) { free(key); return -1; }
         skip_ws(ps);
         if (ps->p >= ps->end || *ps->p != '"') {
@@ -367,11 +379,14 @@ static int parse_metadata(struct parser *ps, struct mp_safetensors *st) {
             return parse_fail(ps, "__metadata__ values must be strings");
         }
         if (parse_string(ps, &value, NULL)) { free(key); return -1; }
-        char **keys = realloc(st->meta_keys, (size_t)(st->meta_count + 1) * sizeof *keys);
-        if (keys) st->meta_keys = keys;
-        char **values = keys ? realloc(st->meta_values, (size_t)(st->meta_count + 1) * sizeof *values) : NULL;
-        if (values) st->meta_values = values;
-        if (!keys || !values) { free(key); free(value); return oom(ps); }
+        if (st->meta_count == capacity) {
+            capacity = capacity ? 2 * capacity : 16;
+            char **keys = realloc(st->meta_keys, (size_t)capacity * sizeof *keys);
+            if (keys) st->meta_keys = keys;
+            char **values = keys ? realloc(st->meta_values, (size_t)capacity * sizeof *values) : NULL;
+            if (values) st->meta_values = values;
+            if (!keys || !values) { free(key); free(value); return oom(ps); }
+        }
         st->meta_keys[st->meta_count] = key;
         st->meta_values[st->meta_count++] = value;
         skip_ws(ps);
@@ -397,6 +412,7 @@ static int parse_header(struct parser *ps, struct mp_safetensors *st) {
             if (have_metadata++) return parse_fail(ps, "repeated \"__metadata__\"");
             if (parse_metadata(ps, st)) return -1;
         } else {
+            if (too_many_entries(ps, st)) { free(name); return -1; }
             if (st->count == capacity) {
                 capacity = capacity ? 2 * capacity : 64;
                 struct entry *grown = realloc(st->entries, (size_t)capacity * sizeof *grown);
@@ -517,15 +533,17 @@ void mp_safetensors_close(struct mp_safetensors *st) {
 }
 
 static enum mp_status parse_bytes(struct mp_safetensors *st, const unsigned char *bytes, size_t size,
-                                  const char *source) {
+                                  const char *source, const struct mp_safetensors_limits *limits) {
+    uint64_t max_header = limits && limits->max_header ? limits->max_header : MP_SAFETENSORS_MAX_HEADER;
+    int64_t max_tensors = limits && limits->max_tensors > 0 ? limits->max_tensors : MP_SAFETENSORS_MAX_TENSORS;
     if (size < 8)
         return mp_error(MP_STATUS_BAD_FORMAT, "%s: %zu bytes is too short for a safetensors file (8-byte header length)",
                         source, size);
     uint64_t header_len = 0;
     for (int k = 7; k >= 0; k--) header_len = (header_len << 8) | bytes[k];
-    if (header_len > MP_SAFETENSORS_MAX_HEADER)
-        return mp_error(MP_STATUS_BAD_FORMAT, "%s: header length %llu is absurdly large (limit %d bytes); not a safetensors file?",
-                        source, (unsigned long long)header_len, MP_SAFETENSORS_MAX_HEADER);
+    if (header_len > max_header)
+        return mp_error(MP_STATUS_BAD_FORMAT, "%s: header length %llu is over the limit of %llu bytes; not a safetensors file?",
+                        source, (unsigned long long)header_len, (unsigned long long)max_header);
     if (header_len > size - 8)
         return mp_error(MP_STATUS_BAD_FORMAT, "%s: header length %llu runs past the end of the file (%zu bytes)", source,
                         (unsigned long long)header_len, size);
@@ -533,18 +551,28 @@ static enum mp_status parse_bytes(struct mp_safetensors *st, const unsigned char
     size_t bad = utf8_check(header, (size_t)header_len);
     if (bad != header_len)
         return mp_error(MP_STATUS_BAD_FORMAT, "%s: header is not valid UTF-8 (byte %zu of the JSON)", source, bad);
-    struct parser ps = {.start = header, .p = header, .end = header + header_len, .source = source};
+    struct parser ps = {.start = header, .p = header, .end = header + header_len, .source = source,
+                         .max_entries = max_tensors};
     if (parse_header(&ps, st)) return ps.status;
     return check_layout(st, header + header_len, size - 8 - header_len, 8 + header_len, source);
 }
 
 enum mp_status mp_safetensors_open_memory(struct mp_safetensors **out, const void *bytes, size_t size) {
+    return mp_safetensors_open_memory_limited(out, bytes, size, NULL);
+}
+
+enum mp_status mp_safetensors_open(struct mp_safetensors **out, const char *path) {
+    return mp_safetensors_open_limited(out, path, NULL);
+}
+
+enum mp_status mp_safetensors_open_memory_limited(struct mp_safetensors **out, const void *bytes, size_t size,
+                                                  const struct mp_safetensors_limits *limits) {
     if (!out || (!bytes && size)) return mp_error(MP_STATUS_INVALID_ARGUMENT, "safetensors_open_memory: NULL argument");
     *out = NULL;
     struct mp_safetensors *st = calloc(1, sizeof *st);
     if (!st) return mp_error(MP_STATUS_OUT_OF_MEMORY, "safetensors: out of memory");
     atomic_init(&st->refs, 1);
-    enum mp_status status = parse_bytes(st, bytes, size, "<memory>");
+    enum mp_status status = parse_bytes(st, bytes, size, "<memory>", limits);
     if (status != MP_STATUS_OK) {
         mp_safetensors_close(st);
         return status;
@@ -553,7 +581,8 @@ enum mp_status mp_safetensors_open_memory(struct mp_safetensors **out, const voi
     return MP_STATUS_OK;
 }
 
-enum mp_status mp_safetensors_open(struct mp_safetensors **out, const char *path) {
+enum mp_status mp_safetensors_open_limited(struct mp_safetensors **out, const char *path,
+                                           const struct mp_safetensors_limits *limits) {
     if (!out || !path) return mp_error(MP_STATUS_INVALID_ARGUMENT, "safetensors_open: NULL argument");
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -593,7 +622,7 @@ enum mp_status mp_safetensors_open(struct mp_safetensors **out, const char *path
         st->map_size = size;
     }
     close(fd); // the mapping keeps the file
-    enum mp_status status = parse_bytes(st, st->map, size, path);
+    enum mp_status status = parse_bytes(st, st->map, size, path, limits);
     if (status != MP_STATUS_OK) {
         mp_safetensors_close(st);
         return status;

@@ -26,6 +26,13 @@
 
 #define MP_TENSOR_MAX_DIMS 8
 #define MP_SAFETENSORS_MAX_HEADER 100000000 // bytes; larger headers are refused as absurd
+#define MP_SAFETENSORS_MAX_TENSORS 100000   // entries (tensors + metadata); real shards hold thousands
+
+// What a file may ask for. A zero field takes the default above.
+struct mp_safetensors_limits {
+    uint64_t max_header;  // bytes of JSON header
+    int64_t  max_tensors; // tensors plus "__metadata__" entries
+};
 
 struct mp_tensor {
     const char   *name;                       // NUL-terminated UTF-8
@@ -46,6 +53,13 @@ enum mp_status mp_safetensors_open(struct mp_safetensors **st, const char *path)
 
 // Same over `size` bytes the caller keeps alive and unchanged until close.
 enum mp_status mp_safetensors_open_memory(struct mp_safetensors **st, const void *bytes, size_t size);
+
+// mp_safetensors_open / _open_memory under `limits` (NULL: the defaults). A header over
+// either limit is MP_STATUS_BAD_FORMAT, found before anything it asks for is allocated.
+enum mp_status mp_safetensors_open_limited(struct mp_safetensors **st, const char *path,
+                                           const struct mp_safetensors_limits *limits);
+enum mp_status mp_safetensors_open_memory_limited(struct mp_safetensors **st, const void *bytes, size_t size,
+                                                  const struct mp_safetensors_limits *limits);
 
 // Releases the handle: the file is unmapped when the last holder (the opener, or a model
 // that retained it) closes it. NULL is a no-op.

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import BackendError
+from ..limits import loads_json
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -386,7 +387,7 @@ class ServerPool:
 def _completion(content: bytes) -> Completion:
     """The first choice of a chat-completions response body; ValueError if malformed."""
     try:
-        data = json.loads(content)
+        data = loads_json(content, "the response")
     except ValueError as e:
         raise ValueError(f"not JSON ({e}): {_snippet(content.decode('utf-8', 'replace'), 80)!r}") from None
     try:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..limits import loads_json
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no cross-process lock
@@ -77,7 +79,7 @@ def _parse(path: Path) -> tuple[JournalState, int]:
         if not raw.strip():
             continue
         try:
-            entry = json.loads(raw)
+            entry = loads_json(raw, f"{path}:{lineno}")
             event = entry["event"]
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path}:{lineno}: not a journal entry: {raw[:80]!r}") from None

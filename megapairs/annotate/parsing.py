@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import OutputError
+from ..limits import loads_json
 
 __all__ = ["FORBIDDEN_PHRASES", "OutputError", "check_description", "parse_instructions", "validate_instructions"]
 
@@ -65,7 +66,7 @@ def _strings(value) -> list[str] | None:
 
 def _decode(snippet: str):
     try:
-        return json.loads(snippet)
+        return loads_json(snippet, "the answer")
     except ValueError:
         pass
     try:  # a Python list with single quotes; literal_eval evaluates literals only

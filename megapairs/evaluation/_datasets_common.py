@@ -6,13 +6,13 @@ canonical query texts (CIRCO's template, FashionIQ's caption joins, UniIR's
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError
+from ..limits import loads_json
 
 #: The CIRCO query MegaPairs evaluates (its ``eval/data/circo_query.jsonl``, following
 #: MagicLens). Leaving out the shared concept is what broke reproductions.
@@ -37,10 +37,7 @@ def _read_json(path: Path, what: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what}: no file '{path}'") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: invalid JSON: {exc}") from None
+    return loads_json(text, str(path))
 
 
 def _expect(value, types, path: Path, where: str, what: str):

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..limits import loads_json
 from ._datasets_common import (
     FormatError,
     _check_files,
@@ -95,10 +95,7 @@ def _jsonl(path: Path, what: str) -> list[dict]:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}: line {n}: invalid JSON: {exc}") from None
+            record = loads_json(line, f"{path}: line {n}")
             if not isinstance(record, dict):
                 raise FormatError(f"{path}: line {n}: expected a JSON object")
             out.append(record)

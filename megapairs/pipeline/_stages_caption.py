@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ..limits import loads_json
 from ._stages_base import (
     StageFailed,
     StageResult,
@@ -133,7 +134,7 @@ def _read_caption_journal(path: Path, settings: dict) -> dict[str, dict]:
     lines = data[:data.rfind(b"\n") + 1].splitlines()
     for n, raw in enumerate(lines, start=1):
         try:
-            entry = json.loads(raw)
+            entry = loads_json(raw, f"{path}:{n}")
         except ValueError:
             raise ValueError(f"{path}:{n}: not a caption journal line") from None
         if n == 1:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .._args import PRECISIONS
-from ..errors import ConfigError
+from ..errors import ConfigError, FormatError
+from ..limits import check_nesting
 from ..training.schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -379,11 +380,14 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         return from_dict({})
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        raw = path.read_bytes()
+        check_nesting(raw, str(path))
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"no such config file: '{path}'") from None
-    except tomllib.TOMLDecodeError as e:
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
         return from_dict(data)
@@ -394,7 +398,10 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 def _parse_value(text: str):
     """A TOML value (``3``, ``[0.5, 0.9]``, ``"x"``), else the text as a string."""
     try:
+        check_nesting(text, f"value {text[:40]!r}")
         return tomllib.loads(f"v = {text}")["v"]
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
     except tomllib.TOMLDecodeError:
         return text
 

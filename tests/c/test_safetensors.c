@@ -461,6 +461,40 @@ static void test_valid_files(void) {
               mp_safetensors_find(st, "t0000") == NULL && mp_safetensors_find(st, "s") == NULL,
           "%d tensors: a missing name was found", MANY);
     mp_safetensors_close(st);
+
+    // The limits: MANY tensors are refused under max_tensors = MANY - 1 (naming the limit,
+    // from memory and from a file) and read under MANY; metadata entries count too.
+    struct mp_safetensors_limits tight = {.max_tensors = MANY - 1}, enough = {.max_tensors = MANY};
+    st = NULL;
+    CHECK(mp_safetensors_open_memory_limited(&st, bytes, size, &tight) == MP_STATUS_BAD_FORMAT && st == NULL &&
+              has(mp_last_error(), "more than 299 entries"),
+          "%d tensors under max_tensors %d: %s", MANY, MANY - 1, mp_last_error());
+    char path[64];
+    write_temp(path, bytes, size);
+    CHECK(mp_safetensors_open_limited(&st, path, &tight) == MP_STATUS_BAD_FORMAT && st == NULL &&
+              has(mp_last_error(), path),
+          "%d tensors from a file under max_tensors %d: %s", MANY, MANY - 1, mp_last_error());
+    CHECK(mp_safetensors_open_limited(&st, path, &enough) == MP_STATUS_OK && mp_safetensors_count(st) == MANY,
+          "%d tensors under max_tensors %d: %s", MANY, MANY, mp_last_error());
+    mp_safetensors_close(st);
+    unlink(path);
+    free(bytes);
+    struct mp_safetensors_limits two = {.max_tensors = 2}, three = {.max_tensors = 3};
+    bytes = build("{\"__metadata__\":{\"a\":\"1\",\"b\":\"2\"},\"x\":{\"dtype\":\"U8\",\"shape\":[1],"
+                  "\"data_offsets\":[0,1]}}", data, 1, &size);
+    st = NULL;
+    CHECK(mp_safetensors_open_memory_limited(&st, bytes, size, &two) == MP_STATUS_BAD_FORMAT && st == NULL,
+          "1 tensor + 2 metadata entries under max_tensors 2");
+    CHECK(mp_safetensors_open_memory_limited(&st, bytes, size, &three) == MP_STATUS_OK,
+          "1 tensor + 2 metadata entries under max_tensors 3: %s", mp_last_error());
+    mp_safetensors_close(st);
+
+    // The header length limit: a header longer than max_header is refused before parsing.
+    struct mp_safetensors_limits short_header = {.max_header = 16};
+    st = NULL;
+    CHECK(mp_safetensors_open_memory_limited(&st, bytes, size, &short_header) == MP_STATUS_BAD_FORMAT &&
+              has(mp_last_error(), "over the limit of 16 bytes"),
+          "a header over max_header: %s", mp_last_error());
     free(bytes);
     free(json);
 }
@@ -614,9 +648,9 @@ static void test_bad_files(void) {
     expect_bad("empty file", seven, 0, "too short");
     expect_bad("7-byte file", seven, sizeof seven, "too short");
     static const struct { const char *name; uint64_t header_len; const char *keyword; } lengths[] = {
-        {"header length past the limit", MP_SAFETENSORS_MAX_HEADER + 1ull, "absurdly large"},
-        {"header length 2^64 - 1", UINT64_MAX, "absurdly large"},
-        {"header length 2^63", (uint64_t)1 << 63, "absurdly large"},
+        {"header length past the limit", MP_SAFETENSORS_MAX_HEADER + 1ull, "over the limit of"},
+        {"header length 2^64 - 1", UINT64_MAX, "over the limit of"},
+        {"header length 2^63", (uint64_t)1 << 63, "over the limit of"},
         {"header length at the limit, file short", MP_SAFETENSORS_MAX_HEADER, "runs past the end of the file"},
         {"header length one past the file", 3, "runs past the end of the file"},
     };

@@ -12,7 +12,10 @@ Targets (each input is the bytes of one file):
   ``check_description``);
 - ``checkpoint``: a ``config.json`` given to every checkpoint reader (Hugging Face CLIP,
   OpenCLIP, DINOv2, BERT) and a ``preprocessor_config.json``;
-- ``pipeline``: a pipeline ``megapairs.toml`` (``megapairs.pipeline.load_config``).
+- ``pipeline``: a pipeline ``megapairs.toml`` (``megapairs.pipeline.load_config``);
+- ``image``: an image file in any format, through the Pillow side of the image boundary
+  (``megapairs.images.decode`` with and without EXIF, ``preprocess``; JPEG goes to the C
+  decoder, which ``build/fuzz/fuzz_jpeg`` covers).
 
 A reader may refuse an input only with the exceptions it documents (ValueError, which
 includes ``megapairs.FormatError`` and ``ConfigError``); any other exception is a finding and
@@ -131,6 +134,30 @@ def target_pipeline(data: bytes) -> None:
         pass
 
 
+def target_image(data: bytes) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from megapairs import images
+
+    limit = 1 << 22
+    small = dataclasses.replace(images.PRESETS["clip"], size=32, crop_size=(24, 24))
+    for exif in (False, True):
+        try:
+            pixels = images.decode(data, apply_exif=exif, max_pixels=limit)
+        except ValueError:
+            continue
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3 or not 0 < pixels.size <= 3 * limit:
+            raise AssertionError(f"decode returned {pixels.dtype} {pixels.shape}")
+    try:
+        batch = images.preprocess([data], small, max_pixels=limit, num_threads=1)
+    except ValueError:
+        return
+    if batch.shape != (1, 3, 24, 24) or not np.isfinite(batch).all():
+        raise AssertionError(f"preprocess returned {batch.shape}")
+
+
 TARGETS = {name[len("target_"):]: fn for name, fn in globals().items() if name.startswith("target_")}
 
 
@@ -141,9 +168,9 @@ def main() -> None:
 
     name = sys.argv.pop(1)
     with atheris.instrument_imports(include=["megapairs"]):
-        import megapairs  # noqa: F401
-        import megapairs.annotate.parsing  # noqa: F401
-        import megapairs.dataset  # noqa: F401
+        import megapairs
+        import megapairs.annotate.parsing
+        import megapairs.dataset
         import megapairs.pipeline  # noqa: F401
     os.environ.setdefault("MEGAPAIRS_NUM_THREADS", "1")
     atheris.Setup(sys.argv, TARGETS[name])

@@ -38,6 +38,58 @@ def tar(members: list[tuple[str, bytes]], cut: int | None = None) -> bytes:
     return data[:cut] if cut else data
 
 
+def image(fmt: str, mode: str = "RGB", size: tuple[int, int] = (24, 16), **save) -> bytes:
+    """A small picture with some structure (a gradient and a square) in ``fmt``."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    rgb = np.stack([x * 10 % 256, y * 15 % 256, (x + y) * 5 % 256], axis=-1).astype(np.uint8)
+    rgb[4:10, 4:10] = (200, 30, 30)
+    im = Image.fromarray(rgb).convert(mode)
+    sink = io.BytesIO()
+    im.save(sink, fmt, **save)
+    return sink.getvalue()
+
+
+def claims_size(data: bytes, width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims another size (the CRC fixed so the header stays valid)."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + data[24:29]
+    return data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
+
+
+def images() -> dict[str, bytes]:
+    from PIL import Image
+
+    png = image("PNG")
+    frames = io.BytesIO()
+    Image.new("P", (8, 8), 1).save(frames, "GIF", save_all=True, append_images=[Image.new("P", (8, 8), 2)])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: decode(apply_exif=True) transposes
+    return {
+        "rgb.png": png,
+        "rgba.png": image("PNG", "RGBA"),
+        "palette.png": image("PNG", "P"),
+        "gray16.png": image("PNG", "I;16"),
+        "la.png": image("PNG", "LA"),
+        "anim.gif": frames.getvalue(),
+        "lossy.webp": image("WEBP", quality=50),
+        "lossless.webp": image("WEBP", "RGBA", lossless=True),
+        "bmp.bmp": image("BMP"),
+        "tiff.tif": image("TIFF", compression="tiff_lzw"),
+        "rotated.png": image("PNG", exif=exif.tobytes()),
+        "cmyk.tif": image("TIFF", "CMYK"),
+        "truncated.png": png[:len(png) // 2],
+        "claims_huge.png": claims_size(png, 30000, 30000),
+        "claims_zero.png": claims_size(png, 0, 16),
+        "empty.bin": b"",
+        "text.bin": b"not an image at all",
+    }
+
+
 def seeds() -> dict[str, dict[str, bytes]]:
     rec_line = json.dumps(RECORD).encode()
     table = pa.table({k: [v] * 3 for k, v in RECORD.items()})
@@ -74,6 +126,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "bad_json.jsonl": rec_line + b"\n{\"q_img\": \n",
             "bad_field.jsonl": json.dumps({**RECORD, "hns": "not a list"}).encode() + b"\n",
             "latin1.jsonl": b'{"q_img": "caf\xe9"}\n',
+            "deep.jsonl": rec_line + b"\n" + b"[" * 3000 + b"]" * 3000 + b"\n",
             "good.parquet": parquet(table),
             "released.parquet": parquet(released),
             "truncated.parquet": parquet(table)[:300],
@@ -93,6 +146,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "torn.jsonl": b"\n".join([journal_head, done]) + b"\n" + done[:20],
             "bad_middle.jsonl": b"\n".join([journal_head, b"{not json", done]) + b"\n",
             "no_header.jsonl": done + b"\n",
+            "deep.jsonl": b"\n".join([journal_head, b"[" * 3000 + b"]" * 3000]) + b"\n",
         },
         "py_answer": {
             "json.txt": b'["Find the same dog, but running.", "Show it in the snow.", "What if it were a puppy?"]',
@@ -100,6 +154,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "lines.txt": b"1. Find a red one.\n2. Show it at night.\n- Make it smaller.\n",
             "salvage.txt": b'Sure! ["one", "two", "thr',
             "empty.txt": b"",
+            "deep.txt": b'["a", ' + b"[" * 3000 + b"]" * 3000 + b"]",
             "description.txt": b"Both images show a wooden chair; the second is painted blue and stands outside.",
         },
         "py_checkpoint": {
@@ -112,7 +167,9 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "not_object.json": b"[1, 2, 3]",
             "bad_utf8.json": b'{"model_type": "\xff"}',
             "deep.json": b"[" * 200 + b"]" * 200,
+            "deeper.json": b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}",
         },
+        "py_image": images(),
         "py_pipeline": {
             "good.toml": b'[corpus]\npath = "photos"\n\n[[spaces]]\nname = "caption"\nkind = "caption"\n'
                          b'model = "m"\nband = [0.5, 0.9]\n\n[ray]\nworkers = 4\n',
@@ -120,6 +177,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "unknown.toml": b"[nonsense]\nx = 1\n",
             "bad_type.toml": b'[encode]\nbatch_size = "many"\n',
             "not_toml.toml": b"[[[\n",
+            "deep.toml": b"[mine]\nbands = " + b"[" * 3000 + b"]" * 3000 + b"\n",
             "servers.toml": b'[annotate]\nservers = ["http://a:8000/v1", "ftp://b"]\n',
         },
     }
