@@ -1,30 +1,26 @@
 """Limits on what outside bytes may ask of megapairs, and the JSON reader that enforces them.
 
 Every reader of files megapairs did not write (photos, checkpoints, shards, records,
-journals, LLM answers, configs) refuses an input over a limit with
-:class:`megapairs.FormatError` (a ``ValueError``) naming the file and the limit, before it
-allocates what the input asks for. Each limit is a module attribute read at call time, so a
-user with legitimately larger inputs raises it the way ``PIL.Image.MAX_IMAGE_PIXELS`` is
-raised:
+journals, LLM answers, configs) refuses an input over a limit with a ``ValueError`` (most
+often :class:`megapairs.FormatError`) naming the file and the limit, before it allocates
+what the input asks for. Each default can be raised for legitimately larger inputs: per
+call with the keyword shown, or, where a limit is deep inside a model loader or a pipeline,
+by setting the module attribute (read at call time, as ``PIL.Image.MAX_IMAGE_PIXELS`` is):
 
 >>> import megapairs.limits
 >>> megapairs.limits.MAX_NESTING = 256          # doctest: +SKIP
 
-The limits and where they live:
-
-=================================================  =============  ==========================
-limit                                              default        attribute
-=================================================  =============  ==========================
-image pixels (JPEG, PNG, WebP, any Pillow format)  89,478,485     ``megapairs.images.MAX_IMAGE_PIXELS``
-safetensors header                                 100,000,000 B  ``megapairs.weights.MAX_HEADER_BYTES``
-safetensors tensors (+ metadata entries)           100,000        ``megapairs.weights.MAX_TENSORS``
-tar member size                                    256 MiB        ``megapairs.dataset.MAX_MEMBER_BYTES``
-tar members per shard                              1,000,000      ``megapairs.dataset.MAX_SHARD_MEMBERS``
-JSONL line                                         64 MiB         ``megapairs.dataset.MAX_LINE_BYTES``
-LLM server response body                           16 MiB         ``megapairs.annotate.backends.MAX_RESPONSE_BYTES``
-text given to a tokenizer                          1,000,000 ch.  ``megapairs.text.MAX_TEXT_CHARS``
-JSON / TOML nesting depth                          64             ``megapairs.limits.MAX_NESTING``
-=================================================  =============  ==========================
+| input | limit | default | raise it with |
+|---|---|---|---|
+| any image (JPEG in C; PNG, WebP, GIF, ... through Pillow) | pixels | 89,478,485 | ``max_pixels=`` of ``images.decode`` / ``preprocess`` (Pillow's own check, twice ``PIL.Image.MAX_IMAGE_PIXELS``, also applies to non-JPEG files) |
+| safetensors file | JSON header | 100,000,000 bytes | ``megapairs.weights.MAX_HEADER_BYTES`` |
+| safetensors file | tensors + metadata entries | 100,000 | ``megapairs.weights.MAX_TENSORS`` |
+| tar shard | one member; one sample's members together | 256 MiB | ``max_member_size=`` of ``dataset.iter_shard`` / ``ShardReader`` |
+| tar shard | members | 100,000 | ``max_members=`` |
+| JSONL records | one line | 64 MiB | ``max_line_bytes=`` of ``dataset.iter_jsonl`` / ``read_jsonl`` |
+| LLM server | response body | 16 MiB | ``megapairs.annotate.backends.MAX_RESPONSE_BYTES`` |
+| tokenizer input | characters per text | 1,000,000 | ``megapairs.text.MAX_TEXT_CHARS`` |
+| JSON and TOML (configs, indexes, records, journals, answers) | nesting depth | 64 | ``megapairs.limits.MAX_NESTING`` |
 """
 
 from __future__ import annotations

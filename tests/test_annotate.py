@@ -33,6 +33,7 @@ from PIL import Image
 import megapairs as mp
 from megapairs import annotate as A
 from megapairs import dataset
+from megapairs.annotate import backends
 from megapairs.annotate import prompts as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +169,9 @@ def make_handler(models: FakeModels):
                     self.wfile.flush()
                     time.sleep(0.1)
                 return None
+            if action == "huge-body":  # a well-formed answer padded past the client's cap
+                pad = b" " * ((16 << 20) + 1)  # one byte past the default cap
+                return self.reply(200, b'{"choices": []' + pad + b"}")
             if action == "truncated-body":
                 return self.reply(200, b'{"choices": [{"message": {"role": "assistant", "cont')
             if action == "short-read":
@@ -465,6 +469,23 @@ def test_timeout_bounds_the_whole_attempt(server, corpus):
     # finished, the 4 s trickle would be a bad body (40 spaces); cut at 1 s it is a timeout
     assert result.stats["done"] == 1 and result.stats["backend"]["timeouts"] == 1
     assert "bad_responses" not in result.stats["backend"]
+
+
+def test_response_body_limit(server, corpus, monkeypatch):
+    """A body over MAX_RESPONSE_BYTES is refused while it arrives (a bad response, retried),
+    not read whole; a raised limit reads it."""
+    root, keys = corpus
+    pairs = make_pairs(keys, 1)
+    server.script("mllm", tok_of(root, pairs[0]), "huge-body")
+    result = run(server, pairs, root, backend=backend_for(server))  # retried, then answered
+    assert result.stats["done"] == 1 and result.stats["backend"]["bad_responses"] == 1
+    server.script("mllm", tok_of(root, pairs[0]), "huge-body")
+    result = run(server, pairs, root, backend=backend_for(server, max_attempts=1))
+    assert "response body larger than 16777216 bytes" in result.failures[0]["reason"]
+    monkeypatch.setattr(backends, "MAX_RESPONSE_BYTES", backends.MAX_RESPONSE_BYTES + 64)
+    server.script("mllm", tok_of(root, pairs[0]), "huge-body")
+    result = run(server, pairs, root, backend=backend_for(server, max_attempts=1))
+    assert "no choices[0].message" in result.failures[0]["reason"]  # read whole: it holds no answer
 
 
 def test_transient_faults_are_retried(server, corpus):
