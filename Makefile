@@ -31,7 +31,7 @@ FUZZ_SECONDS ?= 120
 FUZZ_RUNS ?= 2000000
 FUZZ_JPEG_RUNS ?= 150000
 # The Python targets (tests/fuzz/fuzz_python.py, Atheris): runs each, within FUZZ_PY_SECONDS.
-FUZZ_PY_TARGETS := records shard journal answer checkpoint pipeline image
+FUZZ_PY_TARGETS := records shard journal answer checkpoint pipeline image tokenizer
 FUZZ_PY_RUNS ?= 5000
 FUZZ_PY_SECONDS ?= 60
 

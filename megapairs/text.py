@@ -331,7 +331,10 @@ class WordPieceTokenizer:
         chinese = config.get("tokenize_chinese_chars", True)
         names = {k: _token_name(config.get(f"{k}_token"), f"[{k.upper()}]") for k in ("unk", "cls", "sep", "pad", "mask")}
         tokens = set(text.split("\n"))
-        extra = [_token_name(t, "") for t in config.get("additional_special_tokens") or []]
+        extra = config.get("additional_special_tokens") or []
+        if not isinstance(extra, list):
+            raise _format_error(folder, f"additional_special_tokens must be a list, got {type(extra).__name__}")
+        extra = [_token_name(t, "") for t in extra]
         specials = [t for t in [*names.values(), *extra] if t and t in tokens]
         strip = lowercase if strip_accents is None else strip_accents  # None follows lowercase, as in BERT
         wp = _core.WordPiece(text.encode("utf-8"), unk=names["unk"], cls=names["cls"], sep=names["sep"],

@@ -13,6 +13,11 @@ Targets (each input is the bytes of one file):
 - ``checkpoint``: a ``config.json`` given to every checkpoint reader (Hugging Face CLIP,
   OpenCLIP, DINOv2, BERT) and a ``preprocessor_config.json``;
 - ``pipeline``: a pipeline ``megapairs.toml`` (``megapairs.pipeline.load_config``);
+- ``tokenizer``: tokenizer files (the first byte picks which one the rest is: a CLIP
+  ``vocab.json``, a ``tokenizer.json`` standing in for ``merges.txt``, an OpenAI bpe ``.gz``,
+  a WordPiece ``tokenizer_config.json`` or a WordPiece ``tokenizer.json``), loaded by
+  ``CLIPTokenizer``/``WordPieceTokenizer.from_pretrained`` and used on a text; the C loaders
+  under them are ``build/fuzz/fuzz_text``'s;
 - ``image``: an image file in any format, through the Pillow side of the image boundary
   (``megapairs.images.decode`` with and without EXIF, ``preprocess``; JPEG goes to the C
   decoder, which ``build/fuzz/fuzz_jpeg`` covers).
@@ -132,6 +137,42 @@ def target_pipeline(data: bytes) -> None:
         load_config(_write("megapairs.toml", data))
     except ValueError:
         pass
+
+
+_TINY_VOCAB = {"a": 0, "b": 1, "ab": 2, "a</w>": 3, "b</w>": 4, "ab</w>": 5, "<|startoftext|>": 6,
+               "<|endoftext|>": 7}
+
+
+def target_tokenizer(data: bytes) -> None:
+    import json
+    import shutil
+
+    from megapairs import text
+
+    kind, body = (data[0] % 5, data[1:]) if data else (0, b"")
+    folder = TMP / "tokenizer"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    if kind == 0:
+        files = {"vocab.json": body, "merges.txt": b"#version: 0.2\na b\n"}
+    elif kind == 1:
+        files = {"vocab.json": json.dumps(_TINY_VOCAB).encode(), "tokenizer.json": body}
+    elif kind == 2:
+        files = {"bpe_simple_vocab_16e6.txt.gz": body}
+    elif kind == 3:
+        files = {"vocab.txt": b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n##b\n", "tokenizer_config.json": body}
+    else:
+        files = {"tokenizer.json": body}
+    for name, payload in files.items():
+        (folder / name).write_bytes(payload)
+    try:
+        tok = text.CLIPTokenizer.from_pretrained(folder) if kind < 3 else text.WordPieceTokenizer.from_pretrained(folder)
+    except ValueError:
+        return
+    sample = ["ab a b", body[:200].decode("utf-8", "replace")]
+    ids = tok(sample) if kind < 3 else tok(sample, max_length=16)["input_ids"]
+    if ids.min() < 0 or ids.max() >= tok.vocab_size:
+        raise AssertionError(f"ids out of range [0, {tok.vocab_size}): {ids}")
 
 
 def target_image(data: bytes) -> None:

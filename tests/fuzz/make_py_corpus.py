@@ -90,6 +90,29 @@ def images() -> dict[str, bytes]:
     }
 
 
+def tokenizer_files() -> dict[str, bytes]:
+    """First byte: which file the rest is (see target_tokenizer in fuzz_python.py)."""
+    import gzip
+
+    vocab = {"a": 0, "b": 1, "ab": 2, "a</w>": 3, "b</w>": 4, "ab</w>": 5, "<|startoftext|>": 6, "<|endoftext|>": 7}
+    wordpiece = {"model": {"type": "WordPiece", "unk_token": "[UNK]",
+                           "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "a": 5, "##b": 6}}}
+    return {
+        "clip_vocab.json": b"\x00" + json.dumps(vocab).encode(),
+        "clip_vocab_not_ids.json": b"\x00" + json.dumps({"a": "zero"}).encode(),
+        "clip_tokenizer_json_strings.json": b"\x01" + json.dumps({"model": {"merges": ["a b", "a</w> b</w>"]}}).encode(),
+        "clip_tokenizer_json_pairs.json": b"\x01" + json.dumps({"model": {"merges": [["a", "b"]]}}).encode(),
+        "clip_tokenizer_json_bad.json": b"\x01" + json.dumps({"model": {"merges": [1, 2]}}).encode(),
+        "openai_bpe.gz": b"\x02" + gzip.compress(b"#version: 0.2\na b\nab </w>\n", mtime=0),
+        "openai_bpe_cut.gz": b"\x02" + gzip.compress(b"#version: 0.2\na b\n", mtime=0)[:12],
+        "wordpiece_config.json": b"\x03" + json.dumps({"do_lower_case": False, "strip_accents": True,
+                                                       "unk_token": {"content": "[UNK]"},
+                                                       "additional_special_tokens": ["[MASK]"]}).encode(),
+        "wordpiece_tokenizer.json": b"\x04" + json.dumps(wordpiece).encode(),
+        "wordpiece_tokenizer_gap.json": b"\x04" + json.dumps({"model": {"vocab": {"a": 0, "b": 2}}}).encode(),
+    }
+
+
 def seeds() -> dict[str, dict[str, bytes]]:
     rec_line = json.dumps(RECORD).encode()
     table = pa.table({k: [v] * 3 for k, v in RECORD.items()})
@@ -170,6 +193,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "deeper.json": b'{"a": ' + b"[" * 3000 + b"]" * 3000 + b"}",
         },
         "py_image": images(),
+        "py_tokenizer": tokenizer_files(),
         "py_pipeline": {
             "good.toml": b'[corpus]\npath = "photos"\n\n[[spaces]]\nname = "caption"\nkind = "caption"\n'
                          b'model = "m"\nband = [0.5, 0.9]\n\n[ray]\nworkers = 4\n',
