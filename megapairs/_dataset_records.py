@@ -211,6 +211,35 @@ def _parquet_errors(path: Path, where: str = ""):
         raise FormatError(f"{path}{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
 
+def open_parquet(path: Path):
+    """``pyarrow.parquet.ParquetFile(path)`` for a file from outside, its footer checked first:
+    pyarrow trusts the row and value counts and byte ranges a footer declares, and a negative
+    or overlong one aborts the process (an uncaught C++ ``std::length_error``) instead of
+    raising. FormatError naming the file and the row group for such a footer."""
+    import pyarrow.parquet as pq
+
+    with _parquet_errors(path):
+        pf = pq.ParquetFile(path)
+        size = path.stat().st_size
+    meta = pf.metadata
+    counts = []
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        counts.append(group.num_rows)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            starts = [o for o in (chunk.dictionary_page_offset, chunk.data_page_offset) if o is not None]
+            start = min(starts) if starts else 0
+            if (chunk.num_values < 0 or start < 0 or chunk.total_compressed_size < 0
+                    or start + chunk.total_compressed_size > size):
+                raise FormatError(f"{path}: damaged Parquet footer: row group {i}, column {chunk.path_in_schema!r} "
+                                  f"declares {chunk.num_values} values in bytes [{start}, "
+                                  f"{start + chunk.total_compressed_size}) of a {size}-byte file")
+    if meta.num_rows < 0 or any(n < 0 for n in counts) or sum(counts) != meta.num_rows:
+        raise FormatError(f"{path}: damaged Parquet footer: row groups of {counts} rows for {meta.num_rows} in all")
+    return pf
+
+
 def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
     """Records of a Parquet file, read ``batch_size`` rows at a time (the released
     26M-record file need not fit in memory as Python objects).
@@ -222,11 +251,9 @@ def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
     ValueError
         A record that is not valid, naming the file and the row.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
+    pf = open_parquet(path)
     with _parquet_errors(path):
-        pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
     wanted = [c for c in ("q_img", "q_text", "q_texts", "t_img", "hns") if c in names]
     batches, row = pf.iter_batches(batch_size=batch_size, columns=wanted), 0
@@ -243,11 +270,10 @@ def iter_parquet(path: PathLike, batch_size: int = 65_536) -> Iterator[dict]:
 
 def read_parquet(path: PathLike) -> list[dict]:
     """All records of a Parquet file (``q_texts`` accepted); errors as :func:`iter_parquet`."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
+    pf = open_parquet(path)
     with _parquet_errors(path):
-        table = pq.read_table(path)
+        table = pf.read()
     return records_from_table(table, str(path))
 
 

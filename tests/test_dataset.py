@@ -6,8 +6,12 @@ sampler's invariants."""
 import gzip
 import io
 import json
+import signal
+import subprocess
+import sys
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -450,3 +454,16 @@ def test_jsonl_line_limit_refuses_a_file_without_newlines(tmp_path):
     with pytest.raises(mp.FormatError, match="line longer than 100 bytes"):
         ds.read_jsonl(small, max_line_bytes=100)
     assert ds.read_jsonl(small, max_line_bytes=10_000) == [rec]  # a raised limit accepts it
+
+
+def test_parquet_footer_that_aborts_pyarrow_is_refused(tmp_path):
+    """A footer declaring a row group of -63 rows (found by the records fuzz target): pyarrow
+    reading it dies with an uncaught C++ length_error (SIGABRT); ours is a FormatError."""
+    found = Path(__file__).parent / "fuzz" / "regressions" / "records" / "negative_row_group_rows.parquet"
+    code = f"import pyarrow.parquet as pq; next(pq.ParquetFile({str(found)!r}).iter_batches(batch_size=3, columns=[]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stderr[-300:])
+    for read in (ds.read_records, lambda p: list(ds.iter_parquet(p))):
+        with pytest.raises(mp.FormatError, match=r"negative_row_group_rows\.parquet: damaged Parquet footer: "
+                                                 r"row groups of \[-63\] rows for 2 in all"):
+            read(found)

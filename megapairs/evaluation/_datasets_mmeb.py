@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._dataset_records import open_parquet
 from ._datasets_common import (
     FormatError,
     _check_files,
@@ -38,7 +39,6 @@ class MMEB:
 
 def _mmeb_table(root: Path, name: str):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = root / name
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
@@ -49,7 +49,7 @@ def _mmeb_table(root: Path, name: str):
     tables = []
     for f in files:
         try:
-            tables.append((f, pq.read_table(f)))
+            tables.append((f, open_parquet(f).read()))
         except (OSError, pa.ArrowException) as exc:
             raise FormatError(f"{f}: cannot read as Parquet: {exc}") from None
     return tables

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .. import dataset
+from .._dataset_records import open_parquet
 from .config import ConfigError, CorpusConfig
 from .layout import digest
 
@@ -108,9 +109,7 @@ def _raise(error: OSError):
 def _read_listing(path: Path, cfg: CorpusConfig) -> pa.Table:
     try:
         if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path)
+            return open_parquet(path).read()
         import pyarrow.csv as pacsv
 
         return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
