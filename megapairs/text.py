@@ -259,7 +259,8 @@ def _merges_from_tokenizer_json(path: Path) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"no merges.txt nor tokenizer.json in '{path.parent}'")
     raw = read_json(path, None)
-    merges = raw.get("model", {}).get("merges") if isinstance(raw, dict) else None
+    model = raw.get("model") if isinstance(raw, dict) else None
+    merges = model.get("merges") if isinstance(model, dict) else None
     if not isinstance(merges, list):
         raise _format_error(path, "no model.merges list")
     lines = []
@@ -414,7 +415,8 @@ def _vocab_from_tokenizer_json(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no vocab.txt nor tokenizer.json in '{path.parent}'")
     raw = read_json(path, None)
-    vocab = raw.get("model", {}).get("vocab") if isinstance(raw, dict) else None
+    model = raw.get("model") if isinstance(raw, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
     if not isinstance(vocab, dict):
         raise _format_error(path, "no model.vocab object")
     by_id = sorted((v, k) for k, v in vocab.items() if isinstance(v, int))

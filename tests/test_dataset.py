@@ -461,9 +461,22 @@ def test_parquet_footer_that_aborts_pyarrow_is_refused(tmp_path):
     reading it dies with an uncaught C++ length_error (SIGABRT); ours is a FormatError."""
     found = Path(__file__).parent / "fuzz" / "regressions" / "records" / "negative_row_group_rows.parquet"
     code = f"import pyarrow.parquet as pq; next(pq.ParquetFile({str(found)!r}).iter_batches(batch_size=3, columns=[]))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=False)
     assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stderr[-300:])
     for read in (ds.read_records, lambda p: list(ds.iter_parquet(p))):
         with pytest.raises(mp.FormatError, match=r"negative_row_group_rows\.parquet: damaged Parquet footer: "
                                                  r"row groups of \[-63\] rows for 2 in all"):
+            read(found)
+
+
+def test_parquet_column_metadata_pyarrow_aborts_on_is_never_touched():
+    """Found by the records fuzz target: a footer whose column-chunk size statistics do not
+    match the schema. pyarrow's RowGroupMetaData.column() on it aborts the process, while
+    reading reports an OSError; our readers only read, so it is a FormatError."""
+    found = Path(__file__).parent / "fuzz" / "regressions" / "records" / "histogram_size_mismatch.parquet"
+    code = f"import pyarrow.parquet as pq; pq.ParquetFile({str(found)!r}).metadata.row_group(0).column(3)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGABRT, (proc.returncode, proc.stderr[-300:])
+    for read in (ds.read_records, lambda p: list(ds.iter_parquet(p))):
+        with pytest.raises(mp.FormatError, match=r"histogram_size_mismatch\.parquet.*not a readable Parquet file"):
             read(found)
