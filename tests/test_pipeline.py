@@ -306,6 +306,16 @@ KILL = textwrap.dedent("""
                 die()
             add(tar, name, payload)
         dataset._add_member = patched
+    elif where == "caption":  # the 8th caption request never returns
+        from megapairs.annotate import backends
+        chat = backends.OpenAIBackend.chat
+        calls = [0]
+        def patched(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 8:
+                die()
+            return chat(self, *args, **kwargs)
+        backends.OpenAIBackend.chat = patched
     from megapairs.cli import main
     main(sys.argv[1:], prog_name="megapairs")
 """)
@@ -557,13 +567,18 @@ def chat_server():
         httpd.server_close()
 
 
-def test_mllm_captions_and_server_annotation(tmp_path, corpus, chat_server):
-    url, asked = chat_server
-    images = tmp_path / "nocaptions"
-    for p in sorted(corpus.rglob("*.png"))[:30]:
-        dest = images / p.relative_to(corpus)
+def images_alone(corpus: Path, to: Path, n: int = 30) -> Path:
+    """The first ``n`` images of the corpus without their caption files."""
+    for p in sorted(corpus.rglob("*.png"))[:n]:
+        dest = to / p.relative_to(corpus)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dest)  # the images alone: captions come from the server
+    return to
+
+
+def test_mllm_captions_and_server_annotation(tmp_path, corpus, chat_server):
+    url, asked = chat_server
+    images = images_alone(corpus, tmp_path / "nocaptions")
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.toml", images,
                           caption={"api_base": url, "model": "fake-vlm", "concurrency": 2},
@@ -585,3 +600,26 @@ def test_mllm_captions_and_server_annotation(tmp_path, corpus, chat_server):
     mp.pipeline.build(None, out, config, overrides=["corpus.captions=mllm"], progress=False)
     assert (len(asked["caption"]), asked["mllm"]) == before
     assert mp.dataset.read_jsonl(Output(out).records_jsonl) == records
+
+
+def test_sigkill_during_captioning_resumes_asking_only_the_rest(tmp_path, corpus, chat_server):
+    url, asked = chat_server
+    images = images_alone(corpus, tmp_path / "nocaptions")
+    config = write_config(tmp_path / "c.toml", images, caption={"api_base": url, "model": "fake-vlm", "concurrency": 1})
+    args = ["-c", config, "--set", "corpus.captions=mllm", "--no-progress"]
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    for folder in (clean, out):
+        run_cli("ingest", folder, *args)
+    run_cli("caption", clean, *args)
+    readable = len(asked["caption"])
+    proc = run_cli("caption", out, *args, script=KILL, env={"KILL_AT": "caption"}, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # the header, then the answers written before the kill: 7 were given, the last of them
+    # may not have reached the journal (the kill comes from the worker thread)
+    answers = len(Output(out).captions_journal.read_text().splitlines()) - 1
+    assert 6 <= answers <= 7
+    assert {r["stage"]: r["state"] for r in mp.pipeline.status(out)}["caption"] != "done"
+    before = len(asked["caption"])
+    run_cli("caption", out, *args)
+    assert len(asked["caption"]) - before == readable - answers  # only the images without an answer
+    assert pq.read_table(Output(out).manifest).to_pydict() == pq.read_table(Output(clean).manifest).to_pydict()
