@@ -53,6 +53,8 @@ def main():
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--numpy-max", type=int, default=20000, help="largest M for the NumPy column")
+    parser.add_argument("--scaling-size", type=int, default=20000,
+                        help="M of the thread-scaling rows (d = 768, bf16; 0 skips them)")
     args = parser.parse_args()
     import faiss
 
@@ -99,6 +101,28 @@ def main():
                 same = "all" if np.array_equal(ids, faiss_ids) else f"{np.mean(ids == faiss_ids):.4%}"
                 print(f"| {M} | {d} | {name} | {t:.2f} | {M / t:.0f} | {t_faiss / t:.2f}x | {gflops:.0f} | "
                       f"{gflops / peak[precision]:.0%} | {is_exact} | {same} |", flush=True)
+    if args.scaling_size:
+        thread_scaling(args.scaling_size, 768, args.k, args.threads)
+
+
+def thread_scaling(M, d, k, cores):
+    """Queries/s of the exact self-join (bf16) and of faiss at 1, 2 and all threads."""
+    import faiss
+
+    x = np.random.default_rng(M + d).standard_normal((M, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    print(f"\nthread scaling, {M} x {d}, top-{k} self-join:")
+    print("| threads | megapairs bf16 q/s | faiss q/s | megapairs vs faiss | megapairs vs its 1 thread |")
+    print("|---:|---:|---:|---:|---:|")
+    first = None
+    for t in sorted({1, 2, cores}):
+        faiss.omp_set_num_threads(t)
+        mine, _ = timed(lambda: mp.knn.search(x, x, k, exclude_self=True, precision="bf16", num_threads=t))
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        theirs, _ = timed(lambda: index.search(x, k + 1))
+        first = first or mine
+        print(f"| {t} | {M / mine:.0f} | {M / theirs:.0f} | {theirs / mine:.2f}x | {first / mine:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
