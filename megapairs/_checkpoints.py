@@ -11,6 +11,7 @@ layer index.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import images
@@ -20,6 +21,66 @@ from .errors import FormatError
 _ACTIVATIONS = ("gelu", "quick_gelu")
 _CLIP_KIND, _DINOV2_KIND = "clip", "dinov2"
 _TEXT_CLIP, _TEXT_BERT = "clip", "bert"
+
+
+class _Fields:
+    """One JSON object of a config, its fields read with their type checked. A field that is
+    absent or null gives the default; one of another type is a FormatError naming the file and
+    the field, so a broken config never surfaces as a TypeError deep in a reader."""
+
+    def __init__(self, data, source: Path, where: str = ""):
+        if not isinstance(data, dict):
+            raise FormatError(f"{source}: {where or 'the config'} must be a JSON object, got {type(data).__name__}")
+        self.data, self.source, self.where = data, source, where
+
+    def _raw(self, key: str, default, expected: str, ok) -> object:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not ok(value):
+            raise FormatError(f"{self.source}: {self.where + '.' if self.where else ''}{key} must be {expected}, "
+                              f"got {value!r}"[:400])
+        return value
+
+    def int(self, key: str, default: int) -> int:
+        return self._raw(key, default, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+
+    def positive_int(self, key: str, default: int) -> int:
+        return self._raw(key, default, "a positive integer",
+                         lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+
+    def float(self, key: str, default: float) -> float:
+        return float(self._raw(key, default, "a finite number", _finite))
+
+    def bool(self, key: str, default: bool) -> bool:
+        return self._raw(key, default, "true or false", lambda v: isinstance(v, bool))
+
+    def str(self, key: str, default: str | None) -> str | None:
+        return self._raw(key, default, "a string", lambda v: isinstance(v, str))
+
+    def channels(self, key: str, default: tuple[float, ...]) -> tuple[float, float, float]:
+        """Per-channel values: three numbers, or one for all three (as the image processors
+        accept)."""
+        value = self._raw(key, default, "a number or a list of 3 numbers",
+                          lambda v: _finite(v) or (isinstance(v, (list, tuple)) and len(v) == 3
+                                                    and all(_finite(x) for x in v)))
+        return (float(value),) * 3 if _finite(value) else tuple(float(x) for x in value)
+
+    def section(self, key: str) -> _Fields | None:
+        value = self.data.get(key)
+        return None if value is None else _Fields(value, self.source, f"{self.where}.{key}" if self.where else key)
+
+
+def _hidden(width: int, ratio: float, source: Path, where: str) -> int:
+    """The MLP width ``int(width * ratio)`` of configs that give a ratio."""
+    n = width * ratio
+    if not 0 < n < 2**31:
+        raise FormatError(f"{source}: {where}: width {width} x mlp_ratio {ratio} is not a layer size")
+    return int(n)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _activation(name: str, source: Path) -> str:
@@ -58,57 +119,62 @@ def processor_transform(root: Path, fallback: images.Transform, image_size: int 
     """The checkpoint's ``preprocessor_config.json`` (transformers CLIPImageProcessor /
     BitImageProcessor fields) as a Transform; `fallback` when there is none, or, with a
     warning, when it asks for something Transform does not express (or a crop other than
-    `image_size`, for towers that take one size only)."""
+    `image_size`, for towers that take one size only). A field of the wrong JSON type is a
+    FormatError."""
     path = root / "preprocessor_config.json"
     if not path.is_file():
         return fallback
-    p = read_json(path)
-    size, crop = p.get("size"), p.get("crop_size")
+    raw = read_json(path)
+    p = _Fields(raw, path)
+    size, crop = raw.get("size"), raw.get("crop_size")
     size = size.get("shortest_edge") if isinstance(size, dict) else size
     crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
-    resample = _PIL_RESAMPLE.get(p.get("resample", 3))
+    resample = p.int("resample", 3)
+    mean, std = p.channels("image_mean", fallback.mean), p.channels("image_std", fallback.std)
+    rescale = p.float("rescale_factor", 1 / 255)
     problem = None
-    if not p.get("do_resize", True) or not p.get("do_center_crop", True) or not p.get("do_normalize", True):
+    if not all(p.bool(key, True) for key in ("do_resize", "do_center_crop", "do_normalize")):
         problem = "resize, centre crop and normalisation must all be on"
-    elif not isinstance(size, int) or not all(isinstance(c, int) for c in crop):
-        problem = f"size {p.get('size')!r} / crop_size {p.get('crop_size')!r} are not a shortest edge and a crop"
-    elif resample is None:
-        problem = f"resample {p.get('resample')!r} is not one of bicubic, bilinear, lanczos, box"
+    elif not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, *crop)):
+        problem = f"size {raw.get('size')!r} / crop_size {raw.get('crop_size')!r} are not a shortest edge and a crop"
+    elif resample not in _PIL_RESAMPLE:
+        problem = f"resample {resample!r} is not one of bicubic, bilinear, lanczos, box"
     elif image_size is not None and crop != (image_size, image_size):
         problem = f"crop {crop} is not the model's {image_size} x {image_size}"
-    elif abs(p.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
-        problem = f"rescale_factor {p.get('rescale_factor')!r} is not 1/255"
+    elif abs(rescale - 1 / 255) > 1e-9:
+        problem = f"rescale_factor {rescale!r} is not 1/255"
+    elif not all(s > 0 for s in std):
+        problem = f"image_std {std} has a value that is not positive"
     if problem:
         import warnings
 
-        warnings.warn(f"{path}: {problem}; using {fallback}", stacklevel=3)
+        warnings.warn(f"{path}: {problem}; using {fallback}"[:600], stacklevel=3)
         return fallback
-    return images.Transform(size, crop, tuple(p.get("image_mean", fallback.mean)),
-                            tuple(p.get("image_std", fallback.std)), resample)
+    return images.Transform(size, crop, mean, std, _PIL_RESAMPLE[resample])
 
 
 # --------------------------------------------------------------------------- CLIP
 
 
 def clip_hf_config(config: dict, source: Path) -> dict:
+    c = _Fields(config, source)
     if "vision_config" in config:  # CLIPModel
-        vision = config["vision_config"] or {}
-        projection = config.get("projection_dim", 512)
-    elif config.get("model_type") == "clip_vision_model":  # CLIPVisionModelWithProjection
-        vision, projection = config, config.get("projection_dim", 512)
+        vision = c.section("vision_config") or _Fields({}, source)
+    elif c.str("model_type", None) == "clip_vision_model":  # CLIPVisionModelWithProjection
+        vision = c
     else:
         raise FormatError(f"{source}: not a CLIP config (model_type {config.get('model_type')!r})")
     return {
         "kind": _CLIP_KIND,
-        "image_size": vision.get("image_size", 224),
-        "patch_size": vision.get("patch_size", 32),
-        "width": vision.get("hidden_size", 768),
-        "layers": vision.get("num_hidden_layers", 12),
-        "heads": vision.get("num_attention_heads", 12),
-        "mlp": vision.get("intermediate_size", 3072),
-        "projection": projection,
-        "eps": float(vision.get("layer_norm_eps", 1e-5)),
-        "activation": _activation(vision.get("hidden_act", "quick_gelu"), source),
+        "image_size": vision.int("image_size", 224),
+        "patch_size": vision.int("patch_size", 32),
+        "width": vision.int("hidden_size", 768),
+        "layers": vision.int("num_hidden_layers", 12),
+        "heads": vision.int("num_attention_heads", 12),
+        "mlp": vision.int("intermediate_size", 3072),
+        "projection": c.int("projection_dim", 512),
+        "eps": vision.float("layer_norm_eps", 1e-5),
+        "activation": _activation(vision.str("hidden_act", "quick_gelu"), source),
     }
 
 
@@ -134,48 +200,48 @@ def clip_hf_aliases() -> dict[str, str]:
 
 def clip_open_clip_config(config: dict, source: Path) -> tuple[dict, images.Transform]:
     """The vision tower of an ``open_clip_config.json`` (OpenCLIP's CLIPVisionCfg defaults)."""
-    model = config.get("model_cfg")
-    if not isinstance(model, dict) or not isinstance(model.get("vision_cfg"), dict):
+    c = _Fields(config, source)
+    model = c.section("model_cfg")
+    v = model.section("vision_cfg") if model else None
+    if v is None:
         raise FormatError(f"{source}: no model_cfg.vision_cfg")
-    v = model["vision_cfg"]
     unsupported = {
-        "timm_model_name": v.get("timm_model_name"),
-        "attentional_pool": v.get("attentional_pool", False),
-        "ls_init_value": v.get("ls_init_value"),
-        "no_ln_pre": v.get("no_ln_pre", False),
-        "final_ln_after_pool": v.get("final_ln_after_pool", False),
+        "timm_model_name": v.data.get("timm_model_name"),
+        "attentional_pool": v.data.get("attentional_pool", False),
+        "ls_init_value": v.data.get("ls_init_value"),
+        "no_ln_pre": v.data.get("no_ln_pre", False),
+        "final_ln_after_pool": v.data.get("final_ln_after_pool", False),
     }
     for key, value in unsupported.items():
         if value:
-            raise FormatError(f"{source}: vision_cfg.{key}={value!r} is not supported")
-    if v.get("pool_type", "tok") != "tok" or v.get("pos_embed_type", "learnable") != "learnable":
+            raise FormatError(f"{source}: vision_cfg.{key}={value!r} is not supported"[:400])
+    if v.data.get("pool_type", "tok") != "tok" or v.data.get("pos_embed_type", "learnable") != "learnable":
         raise FormatError(f"{source}: only pool_type 'tok' with learnable position embeddings is supported")
-    layers = v.get("layers", 12)
-    if not isinstance(layers, int):
-        raise FormatError(f"{source}: vision_cfg.layers={layers!r}: ResNet towers are not supported")
-    width = v.get("width", 768)
-    image_size = v.get("image_size", 224)
-    if not isinstance(image_size, int):
-        raise FormatError(f"{source}: non-square image_size {image_size!r} is not supported")
-    c = {
+    if v.data.get("layers") is not None and not isinstance(v.data["layers"], int):
+        raise FormatError(f"{source}: vision_cfg.layers={v.data['layers']!r}: ResNet towers are not supported"[:400])
+    if v.data.get("image_size") is not None and not isinstance(v.data["image_size"], int):
+        raise FormatError(f"{source}: non-square image_size {v.data['image_size']!r} is not supported"[:400])
+    width, image_size = v.int("width", 768), v.positive_int("image_size", 224)
+    c_out = {
         "kind": _CLIP_KIND,
         "image_size": image_size,
-        "patch_size": v.get("patch_size", 16),
+        "patch_size": v.int("patch_size", 16),
         "width": width,
-        "layers": layers,
-        "heads": width // v.get("head_width", 64),
-        "mlp": int(width * v.get("mlp_ratio", 4.0)),
-        "projection": model.get("embed_dim", 512),
+        "layers": v.int("layers", 12),
+        "heads": width // v.positive_int("head_width", 64),
+        "mlp": _hidden(width, v.float("mlp_ratio", 4.0), source, "vision_cfg"),
+        "projection": model.int("embed_dim", 512),
         "eps": 1e-5,
-        "activation": "quick_gelu" if model.get("quick_gelu", False) else "gelu",
+        "activation": "quick_gelu" if model.bool("quick_gelu", False) else "gelu",
     }
-    pre = config.get("preprocess_cfg") or {}
-    transform = images.Transform(
-        image_size, image_size,
-        tuple(pre.get("mean", images.OPENAI_CLIP_MEAN)), tuple(pre.get("std", images.OPENAI_CLIP_STD)),
-        pre.get("interpolation", "bicubic"),
-    )
-    return c, transform
+    pre = c.section("preprocess_cfg") or _Fields({}, source, "preprocess_cfg")
+    try:
+        transform = images.Transform(
+            image_size, image_size, pre.channels("mean", images.OPENAI_CLIP_MEAN),
+            pre.channels("std", images.OPENAI_CLIP_STD), pre.str("interpolation", "bicubic"))
+    except ValueError as exc:
+        raise FormatError(f"{source}: preprocess_cfg: {exc}") from None
+    return c_out, transform
 
 
 def clip_open_clip_aliases() -> dict[str, str]:
@@ -199,27 +265,28 @@ def clip_open_clip_aliases() -> dict[str, str]:
 def clip_text_hf_config(config: dict, source: Path) -> dict | None:
     """The text tower of a CLIPModel / CLIPTextModelWithProjection config; None for a
     vision-only checkpoint."""
+    c = _Fields(config, source)
     if "text_config" in config:
-        text, projection = config["text_config"] or {}, config.get("projection_dim", 512)
-    elif config.get("model_type") == "clip_text_model":
-        text, projection = config, config.get("projection_dim", 512)
+        text = c.section("text_config") or _Fields({}, source)
+    elif c.str("model_type", None) == "clip_text_model":
+        text = c
     else:
         return None
     return {
         "kind": _TEXT_CLIP,
-        "vocab": text.get("vocab_size", 49408),
-        "positions": text.get("max_position_embeddings", 77),
+        "vocab": text.int("vocab_size", 49408),
+        "positions": text.int("max_position_embeddings", 77),
         "token_types": 0,
-        "width": text.get("hidden_size", 512),
-        "layers": text.get("num_hidden_layers", 12),
-        "heads": text.get("num_attention_heads", 8),
-        "mlp": text.get("intermediate_size", 2048),
-        "projection": projection,
-        "eps": float(text.get("layer_norm_eps", 1e-5)),
-        "activation": _activation(text.get("hidden_act", "quick_gelu"), source),
+        "width": text.int("hidden_size", 512),
+        "layers": text.int("num_hidden_layers", 12),
+        "heads": text.int("num_attention_heads", 8),
+        "mlp": text.int("intermediate_size", 2048),
+        "projection": c.int("projection_dim", 512),
+        "eps": text.float("layer_norm_eps", 1e-5),
+        "activation": _activation(text.str("hidden_act", "quick_gelu"), source),
         # transformers pools at argmax(ids) for the legacy eos id 2 of the OpenAI configs,
         # else at the first eos token
-        "eos_token_id": text.get("eos_token_id", 49407),
+        "eos_token_id": text.int("eos_token_id", 49407),
     }
 
 
@@ -237,28 +304,29 @@ def clip_text_hf_aliases() -> dict[str, str]:
 
 def clip_text_open_clip_config(config: dict, source: Path) -> dict:
     """The text tower of an ``open_clip_config.json`` (OpenCLIP's CLIPTextCfg defaults)."""
-    model = config.get("model_cfg") or {}
-    t = model.get("text_cfg")
-    if not isinstance(t, dict):
+    model = _Fields(config, source).section("model_cfg")
+    t = model.section("text_cfg") if model else None
+    if t is None:
         raise FormatError(f"{source}: no model_cfg.text_cfg")
     for key in ("hf_model_name", "hf_tokenizer_name"):
-        if t.get(key):
-            raise FormatError(f"{source}: text_cfg.{key}={t[key]!r}: Hugging Face text towers are not supported")
-    if t.get("pool_type", "argmax") != "argmax" or t.get("no_causal_mask", False) or t.get("final_ln_after_pool"):
+        if t.data.get(key):
+            raise FormatError(f"{source}: text_cfg.{key}={t.data[key]!r}: Hugging Face text towers are not supported"[:400])
+    if (t.data.get("pool_type", "argmax") != "argmax" or t.data.get("no_causal_mask", False)
+            or t.data.get("final_ln_after_pool")):
         raise FormatError(f"{source}: only causal text towers pooled at argmax (the end token) are supported")
-    width = t.get("width", 512)
+    width = t.int("width", 512)
     return {
         "kind": _TEXT_CLIP,
-        "vocab": t.get("vocab_size", 49408),
-        "positions": t.get("context_length", 77),
+        "vocab": t.int("vocab_size", 49408),
+        "positions": t.int("context_length", 77),
         "token_types": 0,
         "width": width,
-        "layers": t.get("layers", 12),
-        "heads": t.get("heads", 8),
-        "mlp": int(width * t.get("mlp_ratio", 4.0)),
-        "projection": model.get("embed_dim", 512),
+        "layers": t.int("layers", 12),
+        "heads": t.int("heads", 8),
+        "mlp": _hidden(width, t.float("mlp_ratio", 4.0), source, "text_cfg"),
+        "projection": model.int("embed_dim", 512),
         "eps": 1e-5,
-        "activation": "quick_gelu" if model.get("quick_gelu", False) else "gelu",
+        "activation": "quick_gelu" if model.bool("quick_gelu", False) else "gelu",
         "eos_token_id": 2,  # open_clip pools at argmax(ids)
     }
 
@@ -280,29 +348,29 @@ def clip_text_open_clip_aliases() -> dict[str, str]:
 
 
 def dinov2_config(config: dict, source: Path) -> dict:
+    c = _Fields(config, source)
     model_type = config.get("model_type")
     if model_type not in ("dinov2", "dinov2_with_registers"):
-        raise FormatError(f"{source}: not a DINOv2 config (model_type {model_type!r})")
-    D = config.get("hidden_size", 768)
-    mlp = int(D * config.get("mlp_ratio", 4))
-    swiglu = bool(config.get("use_swiglu_ffn", False))
+        raise FormatError(f"{source}: not a DINOv2 config (model_type {model_type!r})"[:400])
+    D = c.int("hidden_size", 768)
+    mlp = _hidden(D, c.float("mlp_ratio", 4), source, "config")
+    swiglu = c.bool("use_swiglu_ffn", False)
     if swiglu:  # two thirds of the hidden size, rounded up to a multiple of 8
         mlp = (int(mlp * 2 / 3) + 7) // 8 * 8
-    registers = config.get("num_register_tokens", 0) if model_type == "dinov2_with_registers" else 0
     return {
         "kind": _DINOV2_KIND,
-        "image_size": config.get("image_size", 518),
-        "patch_size": config.get("patch_size", 14),
+        "image_size": c.int("image_size", 518),
+        "patch_size": c.int("patch_size", 14),
         "width": D,
-        "layers": config.get("num_hidden_layers", 12),
-        "heads": config.get("num_attention_heads", 12),
+        "layers": c.int("num_hidden_layers", 12),
+        "heads": c.int("num_attention_heads", 12),
         "mlp": mlp,
         "projection": 0,
-        "registers": registers,
+        "registers": c.int("num_register_tokens", 0) if model_type == "dinov2_with_registers" else 0,
         "swiglu": swiglu,
-        "eps": float(config.get("layer_norm_eps", 1e-6)),
-        "activation": _activation(config.get("hidden_act", "gelu"), source),
-        "qkv_bias": bool(config.get("qkv_bias", True)),
+        "eps": c.float("layer_norm_eps", 1e-6),
+        "activation": _activation(c.str("hidden_act", "gelu"), source),
+        "qkv_bias": c.bool("qkv_bias", True),
         # transformers resamples positions with antialias only in the with-registers model
         "antialias": model_type == "dinov2_with_registers",
     }
@@ -347,23 +415,24 @@ def dinov2_aliases(keys, c: dict) -> dict[str, str]:
 
 
 def bert_config(config: dict, source: Path) -> dict:
+    c = _Fields(config, source)
     if config.get("model_type") != "bert":
         raise FormatError(f"{source}: model_type {config.get('model_type')!r} is not supported "
-                                "(SentenceEncoder runs BERT-architecture models)")
-    if config.get("position_embedding_type", "absolute") != "absolute":
+                          "(SentenceEncoder runs BERT-architecture models)"[:400])
+    if c.str("position_embedding_type", "absolute") != "absolute":
         raise FormatError(f"{source}: only absolute position embeddings are supported")
-    act = config.get("hidden_act", "gelu")
+    act = c.str("hidden_act", "gelu")
     return {
         "kind": _TEXT_BERT,
-        "vocab": config.get("vocab_size", 30522),
-        "positions": config.get("max_position_embeddings", 512),
-        "token_types": config.get("type_vocab_size", 2),
-        "width": config.get("hidden_size", 768),
-        "layers": config.get("num_hidden_layers", 12),
-        "heads": config.get("num_attention_heads", 12),
-        "mlp": config.get("intermediate_size", 3072),
+        "vocab": c.int("vocab_size", 30522),
+        "positions": c.int("max_position_embeddings", 512),
+        "token_types": c.int("type_vocab_size", 2),
+        "width": c.int("hidden_size", 768),
+        "layers": c.int("num_hidden_layers", 12),
+        "heads": c.int("num_attention_heads", 12),
+        "mlp": c.int("intermediate_size", 3072),
         "projection": 0,
-        "eps": float(config.get("layer_norm_eps", 1e-12)),
+        "eps": c.float("layer_norm_eps", 1e-12),
         "activation": _activation("gelu" if act == "gelu_python" else act, source),
     }
 

@@ -263,3 +263,42 @@ def test_preprocessor_config_sets_the_transform(tmp_path):
     with pytest.warns(UserWarning, match="crop \\(48, 48\\) is not the model's 64 x 64"):
         clip = mp.CLIP.from_pretrained(tmp_path)
     assert clip.transform == mp.images.Transform(64, 64, mp.images.OPENAI_CLIP_MEAN, mp.images.OPENAI_CLIP_STD)
+
+
+def test_checkpoint_config_field_of_wrong_type_is_named(tmp_path):
+    """A config field of the wrong JSON type is a FormatError naming the file and the field
+    (found by fuzzing: ``"image_std": true`` was a TypeError)."""
+    config = SMALL["base-like"]
+    save_vision_model(tmp_path, **config)
+    processor = tmp_path / "preprocessor_config.json"
+    for field, value in (("image_std", True), ("image_mean", [0.5, 0.5]), ("resample", [2]),
+                         ("rescale_factor", "1/255"), ("do_resize", "yes")):
+        processor.write_text(json.dumps({field: value}))
+        with pytest.raises(mp.FormatError, match=rf"preprocessor_config.json: {field} must be"):
+            mp.CLIP.from_pretrained(tmp_path)
+    processor.unlink()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for field, value in (("hidden_size", "64"), ("layer_norm_eps", [1e-5]), ("num_hidden_layers", True)):
+        (tmp_path / "config.json").write_text(json.dumps(saved | {field: value}))
+        with pytest.raises(mp.FormatError, match=rf"config.json: {field} must be"):
+            mp.CLIP.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(saved | {"vision_config": [1]}))
+    with pytest.raises(mp.FormatError, match="vision_config must be a JSON object"):
+        mp.CLIP.from_pretrained(tmp_path)
+
+
+def test_one_number_mean_and_std_apply_to_every_channel(tmp_path):
+    """``image_mean``/``image_std`` given as one number, as the image processors accept:
+    preprocessing equals the processor's."""
+    import transformers
+
+    save_vision_model(tmp_path, **SMALL["base-like"])
+    processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor = processor_cls(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                              image_mean=0.5, image_std=0.25)
+    processor.save_pretrained(tmp_path)
+    clip = mp.CLIP.from_pretrained(tmp_path)
+    assert clip.transform.mean == (0.5,) * 3 and clip.transform.std == (0.25,) * 3
+    photos = [np.random.default_rng(i).integers(0, 256, (70, 90, 3), dtype=np.uint8) for i in range(2)]
+    want = processor([Image.fromarray(p) for p in photos], return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(clip.encode_image(photos), clip.encode_image(want.astype(np.float32)))
