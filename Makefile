@@ -95,8 +95,11 @@ $(VENV)/.installed: pyproject.toml setup.py | system-deps
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace -j 2
 
+# The suite, then the encoder parity tests again on the oneDNN fallback of the bf16 layers
+# (MEGAPAIRS_MAX_ISA=avx512; the default path is our AMX kernel where the CPU has AMX).
 test-py: build
 	$(PY) -m pytest
+	MEGAPAIRS_MAX_ISA=avx512 $(PY) -m pytest -q tests/test_encoders.py tests/test_dinov2.py tests/test_text_encoders.py
 
 build/c/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) tests/c/check.h | $(VENV)/.installed
 	@mkdir -p $(@D)
@@ -106,9 +109,12 @@ build/asan/%: tests/c/%.c $(CORE_SRC) $(CORE_HDR) tests/c/check.h | $(VENV)/.ins
 	@mkdir -p $(@D)
 	$(CC) -O1 $(ASAN_FLAGS) $(C_FLAGS) $< $(CORE_SRC) -o $@ $(C_LIBS)
 
-# Pure C tests: no Python involved.
+# Pure C tests: no Python involved. The layer and encoder tests run again with our AMX kernels
+# capped off (MEGAPAIRS_MAX_ISA=avx512), so the oneDNN fallback is tested on AMX machines too.
 test-c: $(C_TESTS:tests/c/%.c=build/c/%)
 	@for t in $^; do echo "== $$t"; (cd tests/c && ../../$$t); done
+	@for t in build/c/test_nn build/c/test_encoders; do echo "== MEGAPAIRS_MAX_ISA=avx512 $$t"; \
+	  (cd tests/c && MEGAPAIRS_MAX_ISA=avx512 ../../$$t); done
 
 # The C tests under AddressSanitizer + UndefinedBehaviorSanitizer.
 asan: $(C_TESTS:tests/c/%.c=build/asan/%)

@@ -30,10 +30,11 @@
 #ifndef MEGAPAIRS_H
 #define MEGAPAIRS_H
 
-// The public API. Headers not listed here (nn/, core/gemm.h, core/bf16.h, core/simd.h,
+// The public API. Headers not listed here (nn/ but nn/linear.h, core/gemm.h, core/amx.h, core/bf16.h, core/simd.h,
 // core/vexp.h, image/resample.h's kernels, text/unicode.h, text/vocab.h, weights/bind.h) are
 // internal: their names may change between releases.
 #include "core/dtype.h"
+#include "core/isa.h"
 #include "core/onednn.h"
 #include "core/parallel.h"
 #include "core/status.h"
@@ -44,6 +45,7 @@
 #include "image/preprocess.h"
 #include "knn/knn.h"
 #include "loss/infonce.h"
+#include "nn/linear.h"
 #include "text/clip_tokenizer.h"
 #include "text/wordpiece.h"
 #include "weights/checkpoint.h"

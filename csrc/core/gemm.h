@@ -1,5 +1,7 @@
-/* core/gemm.h (internal): the oneDNN half of a linear layer, implemented in core/onednn.c
- * beside the other oneDNN calls; nn/linear.c is its only user. */
+/* core/gemm.h (internal): the matmul half of a linear layer; nn/linear.c is its only user.
+ * core/gemm.c dispatches each gemm, once, at init: a bf16 gemm runs on our AMX kernel
+ * (core/amx.c) where the CPU has AMX and MEGAPAIRS_MAX_ISA allows it; every other gemm, and
+ * bf16 on CPUs without AMX, runs on oneDNN (core/onednn.c). */
 #ifndef MP_CORE_GEMM_H
 #define MP_CORE_GEMM_H
 
@@ -38,8 +40,20 @@ enum mp_status mp_gemm_run(struct mp_gemm *gemm,
                            int64_t         M);
 void mp_gemm_free(struct mp_gemm *gemm);
 
-// The OpenMP thread count the gemm's primitive was last planned for (0 before it is, or after
-// a failed plan). mp_gemm_run plans again whenever the calling thread's count differs.
+// "amx" or "onednn": the kernel the gemm runs on.
+const char *mp_gemm_backend(const struct mp_gemm *gemm);
+
+// The OpenMP thread count the gemm was last planned for (0 before it is, or after a failed
+// plan). mp_gemm_run plans again whenever the calling thread's count differs (the AMX kernel
+// needs no plan: it reports the count of its last run).
 int mp_gemm_threads(const struct mp_gemm *gemm);
+
+/* The oneDNN backend (core/onednn.c), with the same contract; callers use mp_gemm_*, which
+ * checks the description for both backends. */
+struct mp_onednn_gemm;
+enum mp_status mp_onednn_gemm_init(struct mp_onednn_gemm **gemm, const struct mp_gemm_desc *desc);
+enum mp_status mp_onednn_gemm_run(struct mp_onednn_gemm *gemm, void *out, const void *in, int64_t M);
+void mp_onednn_gemm_free(struct mp_onednn_gemm *gemm);
+int mp_onednn_gemm_threads(const struct mp_onednn_gemm *gemm);
 
 #endif

@@ -1,6 +1,6 @@
 /* core/onednn.c: every call into oneDNN, so its build can change in one place: the shared
- * engine, the one typed matmul (mp_matmul) and the matmul with a packed, fixed B (mp_gemm)
- * that nn/linear.c builds layers on. */
+ * engine, the one typed matmul (mp_matmul) and the oneDNN backend of the matmul with a
+ * packed, fixed B (mp_gemm, core/gemm.c) that nn/linear.c builds layers on. */
 #include "core/gemm.h"
 #include "core/onednn.h"
 
@@ -192,7 +192,7 @@ done:
 
 /* ---------------------------------------------------------------- matmuls with a fixed, packed B */
 
-struct mp_gemm {
+struct mp_onednn_gemm {
     struct mp_gemm_desc d;
     dnnl_memory_t bias_mem; // (1, N) f32 over the caller's bias, or NULL
     dnnl_primitive_t prim;  // M is a run-time dimension: one primitive serves every row count
@@ -205,9 +205,9 @@ struct mp_gemm {
     int threads;          // the OpenMP thread count prim was created for; 0: plan again
 };
 
-int mp_gemm_threads(const struct mp_gemm *g) { return g ? g->threads : 0; }
+int mp_onednn_gemm_threads(const struct mp_onednn_gemm *g) { return g ? g->threads : 0; }
 
-void mp_gemm_free(struct mp_gemm *g) {
+void mp_onednn_gemm_free(struct mp_onednn_gemm *g) {
     if (!g) return;
     dnnl_primitive_destroy(g->prim);
     dnnl_memory_destroy(g->packed);
@@ -224,7 +224,7 @@ void mp_gemm_free(struct mp_gemm *g) {
  * layout it asks for. oneDNN fixes a primitive's thread count when it creates it, so a gemm
  * planned at 1 thread would stay on 1 thread: mp_gemm_run plans again when the count has
  * changed, and B is packed again only if the new primitive wants another layout. */
-static dnnl_status_t gemm_plan(struct mp_gemm *g, const char **what) {
+static dnnl_status_t gemm_plan(struct mp_onednn_gemm *g, const char **what) {
     const struct mp_gemm_desc *d = &g->d;
     dnnl_data_type_t in_type = d->precision == MP_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
     dnnl_data_type_t dst_type = d->out_type == MP_DTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
@@ -318,33 +318,27 @@ done:
     return s;
 }
 
-enum mp_status mp_gemm_init(struct mp_gemm **out, const struct mp_gemm_desc *desc) {
-    if (!out || !desc) return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_init: NULL argument");
+enum mp_status mp_onednn_gemm_init(struct mp_onednn_gemm **out, const struct mp_gemm_desc *desc) {
+    if (!out || !desc) return mp_error(MP_STATUS_INVALID_ARGUMENT, "onednn_gemm_init: NULL argument");
     *out = NULL;
-    const struct mp_gemm_desc *d = desc;
-    if (!d->b || d->N <= 0 || d->K <= 0 || (d->precision != MP_PRECISION_FP32 && d->precision != MP_PRECISION_BF16) ||
-        d->activation < MP_OP_NONE || d->activation > MP_OP_QUICK_GELU ||
-        (d->out_type != MP_DTYPE_F32 && d->out_type != MP_DTYPE_BF16) ||
-        (d->precision == MP_PRECISION_FP32 && d->out_type != MP_DTYPE_F32) ||
-        (d->accumulate && d->out_type != MP_DTYPE_F32))
-        return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_init: inconsistent description");
+    const struct mp_gemm_desc *d = desc; // checked by mp_gemm_init
     enum mp_status status = engine_get();
     if (status != MP_STATUS_OK) return status;
-    struct mp_gemm *g = calloc(1, sizeof *g);
-    if (!g) return mp_error(MP_STATUS_OUT_OF_MEMORY, "gemm_init: out of memory");
+    struct mp_onednn_gemm *g = calloc(1, sizeof *g);
+    if (!g) return mp_error(MP_STATUS_OUT_OF_MEMORY, "onednn_gemm_init: out of memory");
     g->d = *d;
     const char *what;
     dnnl_status_t s = gemm_plan(g, &what);
     if (s != dnnl_success) {
-        mp_gemm_free(g);
+        mp_onednn_gemm_free(g);
         return dnnl_result(s, what);
     }
     *out = g;
     return MP_STATUS_OK;
 }
 
-enum mp_status mp_gemm_run(struct mp_gemm *g, void *out, const void *in, int64_t M) {
-    if (!g || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "gemm_run: bad arguments");
+enum mp_status mp_onednn_gemm_run(struct mp_onednn_gemm *g, void *out, const void *in, int64_t M) {
+    if (!g || M < 0 || (M > 0 && (!out || !in))) return mp_error(MP_STATUS_INVALID_ARGUMENT, "onednn_gemm_run: bad arguments");
     if (M == 0) return MP_STATUS_OK;
     if (g->threads != omp_get_max_threads()) {
         const char *what;

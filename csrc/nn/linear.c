@@ -1,6 +1,6 @@
 /* nn/linear.c: the linear layer as the encoders and the loss see it: which input type a
  * precision takes, rounding F32 activations to bf16, and one packed gemm per output type.
- * The oneDNN primitive itself lives behind core/onednn.h. */
+ * The matmul itself lives behind core/gemm.h (AMX or oneDNN). */
 #include "nn/linear.h"
 
 #include <stdlib.h>
@@ -80,3 +80,5 @@ enum mp_status mp_linear_forward_typed(struct mp_linear *l, void *out, enum mp_d
 }
 
 int mp_linear_threads(const struct mp_linear *l) { return l ? mp_gemm_threads(l->gemm) : 0; }
+
+const char *mp_linear_backend(const struct mp_linear *l) { return l && l->gemm ? mp_gemm_backend(l->gemm) : "none"; }

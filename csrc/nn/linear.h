@@ -6,7 +6,8 @@
  *     mp_linear_forward_typed(fc1, h16, MP_DTYPE_BF16, x16, MP_DTYPE_BF16, rows);
  *     mp_linear_free(fc1);
  *
- * W (N, K) is packed on first use for the output type asked for (core/onednn.h, mp_gemm);
+ * W (N, K) is packed on first use for the output type asked for (core/gemm.h: our AMX kernel
+ * for bf16 where the CPU has AMX, oneDNN otherwise);
  * a bf16 layer takes BF16 activations as they are and rounds F32 ones once per call, and
  * accumulates in fp32. `weight` and `bias` are the caller's and must outlive the layer.
  * A layer must not be used by two threads at once. */
@@ -60,5 +61,9 @@ void mp_linear_free(struct mp_linear *linear);
 // The OpenMP thread count the layer last ran with (0 before its first call): each call runs
 // on the calling thread's count, whatever it was at the first call.
 int mp_linear_threads(const struct mp_linear *linear);
+
+// The kernel the layer runs on: "amx" (a bf16 layer on a CPU with AMX, core/isa.h), "onednn",
+// or "none" before its first call.
+const char *mp_linear_backend(const struct mp_linear *linear);
 
 #endif

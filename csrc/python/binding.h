@@ -76,5 +76,6 @@ int mp_encoders_binding_add(PyObject *module);    // Vit, Text
 int mp_tokenizers_binding_add(PyObject *module);  // ClipBpe, WordPiece
 int mp_kernels_binding_add(PyObject *module);     // matmul_nt, knn_search, infonce, jpeg_*, preprocess
 int mp_fusion_binding_add(PyObject *module);      // fuse, fuse_scores
+int mp_linear_binding_add(PyObject *module);      // Linear, set_max_isa, get_max_isa, amx_usable, amx_peak_flops
 
 #endif

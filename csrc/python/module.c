@@ -218,7 +218,7 @@ static int core_exec(PyObject *module) {
     if (PyModule_AddObjectRef(module, "Error", MpError) < 0 ||
         PyModule_AddObjectRef(module, "FormatError", MpFormatError) < 0 || mp_safetensors_binding_add(module) < 0 ||
         mp_encoders_binding_add(module) < 0 || mp_tokenizers_binding_add(module) < 0 ||
-        mp_kernels_binding_add(module) < 0 || mp_fusion_binding_add(module) < 0)
+        mp_kernels_binding_add(module) < 0 || mp_fusion_binding_add(module) < 0 || mp_linear_binding_add(module) < 0)
         return -1;
     mp_get_num_threads(); // pin OpenMP's default before any thread changes its own count
     return 0;
