@@ -135,7 +135,7 @@ build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c csrc/weights/safetens
 # reproducible). csrc/core/parallel.c includes omp.h and is not needed. No comparison
 # tracing: the comparisons that parse a JPEG happen inside TurboJPEG, which is not
 # instrumented, while tracing those of the per-pixel loops made the target 4x slower.
-build/fuzz/fuzz_jpeg: tests/fuzz/fuzz_jpeg.c $(wildcard csrc/image/*.c) csrc/core/dtype.c csrc/core/status.c $(CORE_HDR) | system-deps
+build/fuzz/fuzz_jpeg: tests/fuzz/fuzz_jpeg.c $(wildcard csrc/image/*.c) csrc/core/dtype.c csrc/core/isa.c csrc/core/status.c $(CORE_HDR) | system-deps
 	@mkdir -p $(@D)
 	clang $(FUZZ_CFLAGS) -fno-sanitize-coverage=trace-cmp $(filter %.c,$^) -o $@ -lturbojpeg -lm
 

@@ -1,8 +1,15 @@
-"""The oneDNN door: megapairs' a @ b.T (fp32, bf16) against PyTorch and NumPy on encoder shapes.
+"""bf16 matmul: megapairs' AMX kernel, oneDNN and PyTorch on the encoder, kNN and loss shapes.
 
-Same process, same thread count. bf16 in megapairs rounds both inputs to bf16 and
-accumulates in f32 (AMX where the CPU has it); PyTorch's bf16 row is a bf16 x bf16 matmul
-of pre-converted tensors (its own conversion cost excluded, ours included).
+Same process, same thread count, one table per thread count (1 and all). Columns, in TFLOP/s
+and as a share of the tile-loop peak (``_core.amx_peak_flops``: four 16 x 16 x 32 tile
+products a step, no memory traffic, the most this CPU's AMX units do):
+
+- ``mp AMX``: ``_core.Linear`` on our AMX kernel (weights packed once, bf16 in, fp32 out);
+- ``mp oneDNN``: the same layer with our kernel capped off (``set_max_isa('avx512')``),
+  i.e. oneDNN's packed matmul, the fallback;
+- ``matmul_nt``: the generic door (f32 in, rounded inside, B packed per call);
+- ``torch bf16``: ``torch.mm`` of bf16 tensors (bf16 out), the peer.
+Also the fp32 rows (NumPy, torch, megapairs) at all threads, for scale.
 Run: make bench   or   .venv/bin/python benchmarks/bench_matmul.py
 """
 
@@ -14,34 +21,61 @@ from megapairs import _core
 
 from _timing import median_time
 
-SHAPES = [(3152, 768, 768), (3152, 768, 3072), (4096, 768, 4096)]  # (M, K, N): ViT-B/16 batch 16; kNN block
+# (M, K, N): ViT-B/16 batch 32 (6304 tokens) MLP up and down and the attention projection;
+# a kNN block (4096 queries x 4096 corpus rows of 768); a loss block (4096 x 4096 x 512)
+SHAPES = [(6304, 768, 3072), (6304, 3072, 768), (6304, 768, 768), (4096, 768, 4096), (4096, 512, 4096)]
+
+
+def bf16_bits(x):
+    return torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
+
+
+def table(threads, peak):
+    torch.set_num_threads(threads)
+    print(f"\nthreads={threads}  tile-loop peak {peak / 1e12:.2f} TFLOP/s")
+    print(f"{'M x K x N':<18}{'mp AMX':>16}{'mp oneDNN':>16}{'matmul_nt':>16}{'torch bf16':>16}"
+          f"{'AMX/torch':>11}{'AMX/oneDNN':>12}")
+    rng = np.random.default_rng(0)
+    for m, k, n in SHAPES:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        w = rng.standard_normal((n, k), dtype=np.float32)
+        a16 = bf16_bits(a)
+        ta16, tw16 = torch.from_numpy(a).bfloat16(), torch.from_numpy(w).bfloat16()
+        out = np.empty((m, n), np.float32)
+        t = {}
+        for isa, key in (("amx", "amx"), ("avx512", "onednn")):
+            previous = _core.set_max_isa(isa)
+            layer = _core.Linear(w)
+            layer(a16[:64], num_threads=threads)  # packs the weights
+            t[key] = median_time(lambda: layer(a16, num_threads=threads))
+            _core.set_max_isa(previous)
+        t["nt"] = median_time(lambda: _core.matmul_nt(a, w, out=out, precision="bf16", num_threads=threads))
+        t["torch"] = median_time(lambda: torch.mm(ta16, tw16.T))
+        flop = 2.0 * m * k * n
+        cells = "".join(f"{flop / t[key] / 1e12:>7.2f} ({flop / t[key] / peak:>4.0%})" if peak else
+                        f"{flop / t[key] / 1e12:>16.2f}" for key in ("amx", "onednn", "nt", "torch"))
+        print(f"{f'{m}x{k}x{n}':<18}{cells}{t['torch'] / t['amx']:>10.2f}x{t['onednn'] / t['amx']:>11.2f}x")
 
 
 def main():
     threads = mp.get_num_threads()
+    print(f"oneDNN {mp._config.config()['onednn']} isa={_core.onednn_info()['cpu_isa']}  AMX kernels: "
+          f"{'on' if _core.amx_usable() else 'off (no AMX or capped)'}  torch {torch.__version__}")
+    for t in sorted({1, threads}):
+        table(t, _core.amx_peak_flops(2_000_000, t))
     torch.set_num_threads(threads)
-    print(f"threads={threads}  oneDNN {mp._config.config()['onednn']} isa={_core.onednn_info()['cpu_isa']}  "
-          f"torch {torch.__version__}  numpy {np.__version__}")
-    print(f"{'M x K x N':<18}{'numpy f32':>12}{'torch f32':>12}{'mp fp32':>12}{'torch bf16':>12}{'mp bf16':>12}"
-          f"{'fp32 vs torch':>15}{'bf16 vs torch':>15}")
-    rng = np.random.default_rng(0)
-    for m, k, n in SHAPES:
+    print(f"\nfp32 at {threads} threads, GFLOP/s")
+    rng = np.random.default_rng(1)
+    for m, k, n in SHAPES[:3]:
         a = rng.standard_normal((m, k), dtype=np.float32)
         b = rng.standard_normal((n, k), dtype=np.float32)
         out = np.empty((m, n), np.float32)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        ta16, tb16 = ta.bfloat16(), tb.bfloat16()
         flop = 2.0 * m * k * n
-        t = {
-            "numpy": median_time(lambda: np.matmul(a, b.T, out=out)),
-            "torch": median_time(lambda: torch.mm(ta, tb.T)),
-            "mp": median_time(lambda: _core.matmul_nt(a, b, out=out)),
-            "torch16": median_time(lambda: torch.mm(ta16, tb16.T)),
-            "mp16": median_time(lambda: _core.matmul_nt(a, b, out=out, precision="bf16")),
-        }
-        gf = {key: flop / v / 1e9 for key, v in t.items()}
-        print(f"{f'{m}x{k}x{n}':<18}" + "".join(f"{gf[key]:>8.0f} GF/s" for key in t)
-              + f"{t['torch'] / t['mp']:>14.2f}x{t['torch16'] / t['mp16']:>14.2f}x")
+        t = {"numpy": median_time(lambda: np.matmul(a, b.T, out=out)),
+             "torch": median_time(lambda: torch.mm(ta, tb.T)),
+             "mp": median_time(lambda: _core.matmul_nt(a, b, out=out))}
+        print(f"{f'{m}x{k}x{n}':<18}" + "".join(f"{key} {flop / v / 1e9:>5.0f}   " for key, v in t.items()))
 
 
 if __name__ == "__main__":

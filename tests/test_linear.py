@@ -76,7 +76,7 @@ def test_isa_cap_and_errors():
         assert _core.amx_peak_flops(10) == 0.0
     finally:
         _core.set_max_isa(previous)
-    with pytest.raises(ValueError, match="isa must be 'amx' or 'avx512'"):
+    with pytest.raises(ValueError, match="isa must be 'amx', 'avx512', 'avx2' or 'generic'"):
         _core.set_max_isa("sse2")
     with pytest.raises(ValueError, match="activation must be"):
         _core.Linear(np.zeros((2, 2), np.float32), activation="relu")
@@ -90,7 +90,7 @@ def test_isa_cap_and_errors():
 
 
 @pytest.mark.parametrize(("value", "want"), [("avx512", "avx512"), ("AVX512_CORE", "avx512"), ("amx", "amx"),
-                                             ("", "amx")])
+                                             ("", "amx"), ("avx2", "avx2"), ("sse4", "generic")])
 def test_isa_cap_from_the_environment(value, want):
     import os
     import subprocess

@@ -5,9 +5,7 @@
 #define _GNU_SOURCE
 #include "core/amx.h"
 
-#include <ctype.h>
 #include <omp.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <threads.h>
@@ -27,11 +25,10 @@
 #define MP_AMX_BUILD 0
 #endif
 
-/* ------------------------------------------------------------------ detection and the ISA cap */
+/* ------------------------------------------------------------------ detection */
 
 static int hw_amx;
 static once_flag hw_once = ONCE_FLAG_INIT;
-static atomic_int isa_cap = -1; // -1: MEGAPAIRS_MAX_ISA not read yet
 
 static void hw_check(void) {
 #if MP_AMX_BUILD
@@ -48,30 +45,6 @@ static void hw_check(void) {
     // Linux hands out the tile data state on request only (ARCH_REQ_XCOMP_PERM, XTILEDATA)
     hw_amx = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #endif
-}
-
-static int isa_from_env(void) {
-    const char *s = getenv("MEGAPAIRS_MAX_ISA");
-    if (!s || !*s) return MP_ISA_AMX;
-    char low[16] = {0};
-    for (size_t i = 0; s[i] && i + 1 < sizeof low; i++) low[i] = (char)tolower((unsigned char)s[i]);
-    return strncmp(low, "amx", 3) == 0 ? MP_ISA_AMX : MP_ISA_AVX512; // any lower ISA: AMX off
-}
-
-enum mp_isa mp_get_max_isa(void) {
-    int cap = atomic_load(&isa_cap);
-    if (cap < 0) {
-        int expected = -1;
-        atomic_compare_exchange_strong(&isa_cap, &expected, isa_from_env());
-        cap = atomic_load(&isa_cap);
-    }
-    return (enum mp_isa)cap;
-}
-
-enum mp_isa mp_set_max_isa(enum mp_isa isa) {
-    enum mp_isa previous = mp_get_max_isa();
-    atomic_store(&isa_cap, isa == MP_ISA_AMX ? MP_ISA_AMX : MP_ISA_AVX512);
-    return previous;
 }
 
 int mp_amx_usable(void) {

@@ -1,6 +1,7 @@
-/* core/isa.h: which instruction sets megapairs' own kernels use. The bf16 linear layers run
- * on an AMX kernel of our own (core/amx.c) where the CPU has AMX, and on oneDNN otherwise;
- * capping the ISA turns ours off, which is how the tests run both paths.
+/* core/isa.h: the cap on the instruction sets of megapairs' own hand-written kernels, in one
+ * place. Each kernel with variants takes the widest the CPU runs, up to the cap: the bf16
+ * linear layers run on our AMX kernel (core/amx.c) or oneDNN's, the resampling filter on
+ * AVX-512, AVX2 or plain C (image/resample.c). Capping is how the tests run every path.
  *
  *     mp_set_max_isa(MP_ISA_AVX512);   // or MEGAPAIRS_MAX_ISA=avx512 in the environment
  *
@@ -11,8 +12,10 @@
 #include <stdint.h>
 
 enum mp_isa {
-    MP_ISA_AVX512 = 0, // our AMX kernels off: oneDNN does all bf16 work
-    MP_ISA_AMX    = 1, // AMX kernels where the CPU and the OS allow them (the default)
+    MP_ISA_GENERIC = 0, // portable C only
+    MP_ISA_AVX2    = 1,
+    MP_ISA_AVX512  = 2, // our AMX kernels off: oneDNN does all bf16 work
+    MP_ISA_AMX     = 3, // everything the CPU and the OS allow (the default)
 };
 
 // 1 when the AMX kernels will run: the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16, the OS
@@ -21,9 +24,10 @@ enum mp_isa {
 int mp_amx_usable(void);
 
 // Caps the ISA of megapairs' own kernels for this process and returns the previous cap.
-// Until this is called, the cap is read from MEGAPAIRS_MAX_ISA ("avx512" or "amx",
-// case-insensitive; unset: amx). Layers keep the kernel they were planned with; a layer
-// planned after the call follows the new cap.
+// Until this is called, the cap follows MEGAPAIRS_MAX_ISA, read at each query: "amx",
+// "avx512", "avx2" or "generic" (case-insensitive, a prefix is enough: "AVX512_CORE" is
+// avx512; unset: amx; anything else: generic). Layers keep the kernel they were planned
+// with; a layer planned after the call follows the new cap.
 enum mp_isa mp_set_max_isa(enum mp_isa isa);
 enum mp_isa mp_get_max_isa(void);
 

@@ -3,6 +3,7 @@
  * chosen at run time beside the portable reference. */
 #include "image/resample.h"
 
+#include "core/isa.h"
 #include "core/simd.h"
 
 #include <math.h>
@@ -210,14 +211,13 @@ __attribute__((target("avx512f"))) static void filter_block_avx512(uint8_t *dst,
 }
 #endif
 
-// The widest kernel the CPU runs, capped by MEGAPAIRS_MAX_ISA ("avx512", "avx2" or
-// "generic") to compare kernels or work around a misbehaving machine.
+// The widest kernel the CPU runs, up to the ISA cap (core/isa.h: MEGAPAIRS_MAX_ISA), to
+// compare kernels or work around a misbehaving machine.
 static filter_block_fn pick_filter_block(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    const char *cap = getenv("MEGAPAIRS_MAX_ISA");
-    int allow512 = !cap || strcmp(cap, "avx512") == 0, allow2 = allow512 || (cap && strcmp(cap, "avx2") == 0);
-    if (allow512 && __builtin_cpu_supports("avx512f")) return filter_block_avx512;
-    if (allow2 && __builtin_cpu_supports("avx2")) return filter_block_avx2;
+    enum mp_isa cap = mp_get_max_isa();
+    if (cap >= MP_ISA_AVX512 && __builtin_cpu_supports("avx512f")) return filter_block_avx512;
+    if (cap >= MP_ISA_AVX2 && __builtin_cpu_supports("avx2")) return filter_block_avx2;
 #endif
     return filter_block_c;
 }

@@ -141,20 +141,20 @@ static PyType_Spec linear_spec = {
 
 /* ---------------------------------------------------------------- the ISA cap */
 
+static const char *const ISA_NAMES[] = {"generic", "avx2", "avx512", "amx"}; // enum mp_isa
+
 static PyObject *py_set_max_isa(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
-    if (!name || (strcmp(name, "amx") != 0 && strcmp(name, "avx512") != 0)) {
-        PyErr_Format(PyExc_ValueError, "isa must be 'amx' or 'avx512', got %R", arg);
-        return NULL;
-    }
-    enum mp_isa previous = mp_set_max_isa(strcmp(name, "amx") == 0 ? MP_ISA_AMX : MP_ISA_AVX512);
-    return PyUnicode_FromString(previous == MP_ISA_AMX ? "amx" : "avx512");
+    for (int i = 0; name && i < 4; i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) return PyUnicode_FromString(ISA_NAMES[mp_set_max_isa((enum mp_isa)i)]);
+    PyErr_Format(PyExc_ValueError, "isa must be 'amx', 'avx512', 'avx2' or 'generic', got %R", arg);
+    return NULL;
 }
 
 static PyObject *py_get_max_isa(PyObject *self, PyObject *unused) {
     (void)self, (void)unused;
-    return PyUnicode_FromString(mp_get_max_isa() == MP_ISA_AMX ? "amx" : "avx512");
+    return PyUnicode_FromString(ISA_NAMES[mp_get_max_isa()]);
 }
 
 static PyObject *py_amx_usable(PyObject *self, PyObject *unused) {
@@ -179,8 +179,8 @@ static PyObject *py_amx_peak_flops(PyObject *self, PyObject *args) {
 
 static PyMethodDef isa_methods[] = {
     {"set_max_isa", py_set_max_isa, METH_O,
-     "set_max_isa('amx' | 'avx512') -> previous: cap megapairs' own kernels (avx512: no AMX kernels)."},
-    {"get_max_isa", py_get_max_isa, METH_NOARGS, "get_max_isa() -> 'amx' or 'avx512'."},
+     "set_max_isa('amx' | 'avx512' | 'avx2' | 'generic') -> previous: cap megapairs' own kernels."},
+    {"get_max_isa", py_get_max_isa, METH_NOARGS, "get_max_isa() -> 'amx', 'avx512', 'avx2' or 'generic'."},
     {"amx_usable", py_amx_usable, METH_NOARGS, "amx_usable() -> bool: the AMX kernels will run."},
     {"amx_peak_flops", py_amx_peak_flops, METH_VARARGS,
      "amx_peak_flops(iters=2000000, num_threads=0) -> FLOP/s of the tile loop (0 without AMX)."},
