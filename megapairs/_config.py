@@ -26,7 +26,8 @@ def get_num_threads() -> int:
 
 
 def config() -> dict:
-    """Versions of megapairs and its native libraries, and what oneDNN dispatches to."""
+    """Versions of megapairs and its native libraries, what oneDNN dispatches to, and whether
+    the bf16 linear layers run on megapairs' own AMX kernel (``MEGAPAIRS_MAX_ISA`` caps it)."""
     onednn = _core.onednn_info()
     return {
         "megapairs": __version__,
@@ -35,6 +36,8 @@ def config() -> dict:
         "onednn": ".".join(map(str, onednn["version"])),
         "onednn_runtime": onednn["cpu_runtime"],
         "onednn_isa": onednn["cpu_isa"],
+        "max_isa": _core.get_max_isa(),
+        "amx_kernels": _core.amx_usable(),
         "libjpeg_turbo": _core.jpeg_version(),
         "num_threads": get_num_threads(),
     }

@@ -73,3 +73,19 @@ def test_jpeg_header_matches_pillow():
     for bad in [b"", b"\xff\xd8", b"not a jpeg at all", data[:100]]:
         with pytest.raises(mp.FormatError):
             _core.jpeg_read_header(bad)
+
+
+def test_amx_kernels_follow_the_cpu_flags():
+    """Our AMX kernel runs exactly where /proc/cpuinfo lists AMX (the kernel grants the tile
+    state on Linux >= 5.16, which every AMX machine here runs), and config() says so."""
+    has_amx = {"amx_bf16", "amx_tile", "avx512_bf16"} <= cpu_flags()
+    previous = _core.set_max_isa("amx")
+    try:
+        assert _core.amx_usable() == has_amx
+        assert mp._config.config()["amx_kernels"] == has_amx
+        layer = _core.Linear(np.ones((8, 64), np.float32))
+        layer(np.ones((4, 64), np.float32))
+        assert layer.backend == ("amx" if has_amx else "onednn")
+        assert (_core.amx_peak_flops(1000) > 0) == has_amx
+    finally:
+        _core.set_max_isa(previous)
