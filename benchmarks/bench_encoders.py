@@ -10,7 +10,9 @@ Run: make bench   or   .venv/bin/python benchmarks/bench_encoders.py [--batches 
 
 import argparse
 import os
+import shutil
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -78,28 +80,29 @@ def main():
     print(f"threads={threads}, torch {torch.__version__}, oneDNN isa {mp._core.onednn_info()['cpu_isa']}")
     print(f"bf16 matmul peak (6304x768x3072): megapairs/oneDNN {ours_peak:.0f} GFLOP/s, torch.mm {torch_peak:.0f}")
     rng = np.random.default_rng(0)
+    tmp_keep = {}
     for name in args.models:
         torch.manual_seed(0)
-        with tempfile.TemporaryDirectory() as tmp:
-            if name == "clip":
-                config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                          num_attention_heads=12, image_size=224, patch_size=16, projection_dim=512)
-                model = CLIPVisionModelWithProjection(config).eval()
-                model.save_pretrained(tmp, safe_serialization=True)
-                ours = {p: mp.CLIP.from_pretrained(tmp, precision=p) for p in ("fp32", "bf16")}
-                encode = {p: (lambda x, p=p: ours[p].encode_image(x, batch_size=len(x))) for p in ours}
-                gflop = vit_gflop(197, 768, 3072, 12, 16, 14, 512)
-                title = "CLIP ViT-B/16"
-            else:
-                config = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518,
-                                      patch_size=14)
-                model = Dinov2Model(config).eval()
-                model.save_pretrained(tmp, safe_serialization=True)
-                ours = {p: mp.DINOv2.from_pretrained(tmp, precision=p) for p in ("fp32", "bf16")}
-                encode = {p: (lambda x, p=p: ours[p].encode(x, batch_size=len(x))) for p in ours}
-                gflop = vit_gflop(257, 768, 3072, 12, 14, 16)
-                title = "DINOv2 ViT-B/14 (positions resampled 37x37 -> 16x16)"
-            session = onnx_session(model, 224, threads, os.path.join(tmp, "model.onnx"))
+        tmp = tmp_keep[name] = tempfile.mkdtemp(prefix="megapairs-bench-")  # removed at the end
+        if name == "clip":
+            config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, image_size=224, patch_size=16, projection_dim=512)
+            model = CLIPVisionModelWithProjection(config).eval()
+            model.save_pretrained(tmp, safe_serialization=True)
+            ours = {p: mp.CLIP.from_pretrained(tmp, precision=p) for p in ("fp32", "bf16")}
+            encode = {p: (lambda x, p=p: ours[p].encode_image(x, batch_size=len(x))) for p in ours}
+            gflop = vit_gflop(197, 768, 3072, 12, 16, 14, 512)
+            title = "CLIP ViT-B/16"
+        else:
+            config = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=518,
+                                  patch_size=14)
+            model = Dinov2Model(config).eval()
+            model.save_pretrained(tmp, safe_serialization=True)
+            ours = {p: mp.DINOv2.from_pretrained(tmp, precision=p) for p in ("fp32", "bf16")}
+            encode = {p: (lambda x, p=p: ours[p].encode(x, batch_size=len(x))) for p in ours}
+            gflop = vit_gflop(257, 768, 3072, 12, 14, 16)
+            title = "DINOv2 ViT-B/14 (positions resampled 37x37 -> 16x16)"
+        session = onnx_session(model, 224, threads, os.path.join(tmp, "model.onnx"))
         print(f"\n{title}, 224 px, {gflop:.1f} GFLOP per image")
         print(f"{'batch':>6}{'precision':>10}{'torch i/s':>11}{'ORT i/s':>9}{'megapairs i/s':>15}{'vs torch':>10}"
               f"{'vs ORT':>8}{'GFLOP/s':>9}{'% peak':>8}")
@@ -122,8 +125,45 @@ def main():
                 print(f"{batch:>6}{precision:>10}{batch / t_torch:>11.2f}{ort_cols[0]}{batch / t_ours:>15.2f}"
                       f"{t_torch / t_ours:>9.2f}x{ort_cols[1]}{achieved:>9.0f}{share}")
         if args.scaling_batch:
+            if mp._core.amx_usable():
+                kernels_ab(model, ours["bf16"], lambda: (mp.CLIP if name == "clip" else mp.DINOv2).from_pretrained(
+                    tmp_keep[name], precision="bf16"), args.scaling_batch, rng)
             thread_scaling(model, encode["bf16"], args.scaling_batch, threads, args.repeats, rng)
         torch.set_num_threads(threads)
+    for tmp in tmp_keep.values():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kernels_ab(model, amx_model, make_model, batch, rng, rounds=5):
+    """bf16 at `batch`: the model on our AMX kernel against the same model with the linear
+    layers on oneDNN (``set_max_isa("avx512")`` while it plans its layers), and torch
+    autocast, taking turns, best of `rounds` (the VM's neighbours move single timings)."""
+    pixels = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    tensor = torch.from_numpy(pixels)
+    previous = mp._core.set_max_isa("avx512")
+    try:
+        onednn_model = make_model()
+        encode_of = (lambda m: m.encode_image) if hasattr(onednn_model, "encode_image") else (lambda m: m.encode)
+        encode_of(onednn_model)(pixels[:2])  # plans (and packs) its layers under the cap
+    finally:
+        mp._core.set_max_isa(previous)
+
+    def run_torch():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(pixel_values=tensor)
+
+    fns = {"amx": lambda: encode_of(amx_model)(pixels, batch_size=batch),
+           "onednn": lambda: encode_of(onednn_model)(pixels, batch_size=batch), "torch": run_torch}
+    best = {key: float("inf") for key in fns}
+    for _ in range(rounds + 1):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    ips = {key: batch / t for key, t in best.items()}
+    print(f"bf16 kernels, batch {batch}, taking turns, best of {rounds}: AMX {ips['amx']:.2f} i/s, oneDNN "
+          f"{ips['onednn']:.2f}, torch {ips['torch']:.2f}; AMX / oneDNN {ips['amx'] / ips['onednn']:.2f}x, "
+          f"AMX / torch {ips['amx'] / ips['torch']:.2f}x")
 
 
 def thread_scaling(model, encode, batch, cores, repeats, rng):
